@@ -1,0 +1,33 @@
+"""Kibitz: a self-hosted chat appliance. The public names plugins import."""
+
+from .errors import ConfigError, CursorExpired, Rejected
+from .hookspecs import hookimpl
+from .models import Conversation, Device, Draft, LogEntry, Message, User
+from .settings import PluginSettings
+from .slots import IdGenerator, LiveEvent, LiveSignal, Notifier, Page, Storage, StoredMessage, Transport
+from .supervisor import ChildProcess, find_binary, free_port
+
+__all__ = [
+    "ChildProcess",
+    "ConfigError",
+    "Conversation",
+    "CursorExpired",
+    "Device",
+    "Draft",
+    "IdGenerator",
+    "LiveEvent",
+    "LiveSignal",
+    "LogEntry",
+    "Message",
+    "Notifier",
+    "Page",
+    "PluginSettings",
+    "Rejected",
+    "Storage",
+    "StoredMessage",
+    "Transport",
+    "User",
+    "find_binary",
+    "free_port",
+    "hookimpl",
+]

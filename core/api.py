@@ -1,0 +1,247 @@
+"""The HTTP calls of the stateless service: accounts, sessions, users, conversations, messages.
+
+Each handler checks its input, calls a service, and answers JSON. Errors are raised as
+``ApiError`` and rendered by ``operations.error_response`` with the protocol's body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse, empty, raw
+
+from .accounts import normalize_username
+from .conversations import MAX_NAME, parse_id
+from .errors import InvalidRequest, Unauthorized
+from .messages import MAX_PAGE
+from .models import Device, User
+
+PREFIX = "/api/v1"
+MAX_SEARCH = 50
+
+
+def json(body: Any, status: int = 200) -> HTTPResponse:
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    return raw(data, status=status, content_type="application/json")
+
+
+def read_object(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object, or 400."""
+    try:
+        body = orjson.loads(request.body or b"")
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    return body
+
+
+def int_query(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    """An integer query parameter within [low, high]; out of range is 400, never clamped."""
+    value = request.args.get(name)
+    if value is None:
+        return default
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise InvalidRequest(f"{name}: an integer from {low} to {high}")
+    return int(value)
+
+
+def id_query(request: Request, name: str) -> int | None:
+    value = request.args.get(name)
+    return None if value is None else parse_id(value, name)
+
+
+def bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing bearer token")
+    return token.strip()
+
+
+async def authenticate(request: Request) -> tuple[User, Device]:
+    found = await request.app.ctx.kibitz.accounts.authenticate(bearer(request))
+    if found is None:
+        raise Unauthorized("unknown or revoked token")
+    user, device = found
+    return user, device
+
+
+# -- accounts and sessions ------------------------------------------------------------
+
+
+async def sign_up(request: Request) -> HTTPResponse:
+    body = read_object(request)
+    user = await request.app.ctx.kibitz.accounts.sign_up(
+        body.get("username"), body.get("password"), body.get("display_name")
+    )
+    return json({"user": user.to_dict()}, 201)
+
+
+async def log_in(request: Request) -> HTTPResponse:
+    kibitz = request.app.ctx.kibitz
+    body = read_object(request)
+    username = normalize_username(body.get("username"))
+    password = body.get("password")
+    device_name = body.get("device_name", "device")
+    if not isinstance(password, str) or not password:
+        raise InvalidRequest("password: a string")
+    if not isinstance(device_name, str) or not 1 <= len(device_name) <= 64:
+        raise InvalidRequest("device_name: 1 to 64 characters")
+    kibitz.rate_limits.check_login(username, request.ip)
+    session = await kibitz.accounts.log_in(username, password, device_name)
+    if session is None:
+        kibitz.rate_limits.login_failed(username, request.ip)
+        raise Unauthorized("wrong username or password")
+    token, device, user = session
+    return json({"token": token, "device": device.to_dict(), "user": user.to_dict()}, 201)
+
+
+async def log_out(request: Request) -> HTTPResponse:
+    kibitz = request.app.ctx.kibitz
+    user, device = await authenticate(request)
+    await kibitz.accounts.log_out(device)
+    await kibitz.transport.signal([user.id], b"!revoke %d" % device.id)
+    return empty(204)
+
+
+async def me(request: Request) -> HTTPResponse:
+    user, device = await authenticate(request)
+    return json({"user": user.to_dict(), "device": device.to_dict()})
+
+
+async def search_users(request: Request) -> HTTPResponse:
+    await authenticate(request)
+    query = request.args.get("query", "")
+    limit = int_query(request, "limit", 20, 1, MAX_SEARCH)
+    assert limit is not None
+    users = await request.app.ctx.kibitz.accounts.search(query, limit)
+    return json({"users": [u.to_dict() for u in users]})
+
+
+async def get_user(request: Request, user_id: str) -> HTTPResponse:
+    await authenticate(request)
+    user = await request.app.ctx.kibitz.accounts.get(parse_id(user_id, "user id"))
+    return json({"user": user.to_dict()})
+
+
+# -- conversations ----------------------------------------------------------------------
+
+
+async def create_conversation(request: Request) -> HTTPResponse:
+    kibitz = request.app.ctx.kibitz
+    user, _ = await authenticate(request)
+    body = read_object(request)
+    kind = body.get("type")
+    raw_members = body.get("members")
+    if not isinstance(raw_members, list):
+        raise InvalidRequest("members: a list of user ids")
+    member_ids = [parse_id(m, "members") for m in raw_members]
+    if kind == "direct":
+        if len(member_ids) != 1:
+            raise InvalidRequest("members: a direct conversation names exactly one other user")
+        (other,) = member_ids
+        if other == user.id:
+            raise InvalidRequest("members: a direct conversation is with someone else")
+        if not await kibitz.accounts.existing({other}):
+            raise InvalidRequest("members: no such user")
+        conversation, made = await kibitz.conversations.create_direct(user.id, other)
+        view = await kibitz.conversations.view(user.id, conversation)
+        return json({"conversation": view}, 201 if made else 200)
+    if kind == "group":
+        name = body.get("name")
+        if not isinstance(name, str) or not 1 <= len(name.strip()) <= MAX_NAME:
+            raise InvalidRequest(f"name: 1 to {MAX_NAME} characters")
+        wanted = set(member_ids) | {user.id}
+        if len(wanted) > kibitz.transport.max_fanout:
+            raise InvalidRequest(f"members: a group has at most {kibitz.transport.max_fanout} members")
+        if await kibitz.accounts.existing(wanted) != wanted:
+            raise InvalidRequest("members: no such user")
+        conversation = await kibitz.conversations.create_group(user.id, name.strip(), member_ids)
+        return json({"conversation": await kibitz.conversations.view(user.id, conversation)}, 201)
+    raise InvalidRequest('type: "direct" or "group"')
+
+
+async def list_conversations(request: Request) -> HTTPResponse:
+    user, _ = await authenticate(request)
+    return json({"conversations": await request.app.ctx.kibitz.conversations.list_for(user.id)})
+
+
+async def get_conversation(request: Request, cid: str) -> HTTPResponse:
+    kibitz = request.app.ctx.kibitz
+    user, _ = await authenticate(request)
+    conversation = await kibitz.conversations.of_member(parse_id(cid, "conversation id"), user.id)
+    return json({"conversation": await kibitz.conversations.view(user.id, conversation)})
+
+
+async def add_member(request: Request, cid: str) -> HTTPResponse:
+    kibitz = request.app.ctx.kibitz
+    user, _ = await authenticate(request)
+    conversation = await kibitz.conversations.of_member(parse_id(cid, "conversation id"), user.id)
+    new_member = parse_id(read_object(request).get("user_id"), "user_id")
+    if not await kibitz.accounts.existing({new_member}):
+        raise InvalidRequest("user_id: no such user")
+    conversation = await kibitz.conversations.add_member(conversation, new_member)
+    return json({"conversation": await kibitz.conversations.view(user.id, conversation)})
+
+
+async def remove_member(request: Request, cid: str, uid: str) -> HTTPResponse:
+    kibitz = request.app.ctx.kibitz
+    user, _ = await authenticate(request)
+    conversation = await kibitz.conversations.of_member(parse_id(cid, "conversation id"), user.id)
+    await kibitz.conversations.remove_member(conversation, user.id, parse_id(uid, "user id"))
+    return empty(204)
+
+
+async def send_message(request: Request, cid: str) -> HTTPResponse:
+    kibitz = request.app.ctx.kibitz
+    user, _ = await authenticate(request)
+    body = read_object(request)
+    text, client_msg_id = kibitz.messages.validate(body.get("body"), body.get("client_msg_id"))
+    conversation = await kibitz.conversations.of_member(parse_id(cid, "conversation id"), user.id)
+    kibitz.rate_limits.send(user.id)
+    _, data, new = await kibitz.messages.send(user, conversation, text, client_msg_id)
+    return json(b'{"message":' + data + b"}", 201 if new else 200)
+
+
+async def history(request: Request, cid: str) -> HTTPResponse:
+    kibitz = request.app.ctx.kibitz
+    user, _ = await authenticate(request)
+    before = id_query(request, "before")
+    after = id_query(request, "after")
+    limit = int_query(request, "limit", 50, 1, MAX_PAGE)
+    assert limit is not None
+    conversation = await kibitz.conversations.of_member(parse_id(cid, "conversation id"), user.id)
+    return json(await kibitz.messages.history(conversation, before, after, limit))
+
+
+async def mark_read(request: Request, cid: str) -> HTTPResponse:
+    kibitz = request.app.ctx.kibitz
+    user, _ = await authenticate(request)
+    message_id = parse_id(read_object(request).get("message_id"), "message_id")
+    conversation = await kibitz.conversations.of_member(parse_id(cid, "conversation id"), user.id)
+    await kibitz.conversations.mark_read(conversation, user.id, message_id)
+    return json({"conversation": await kibitz.conversations.view(user.id, conversation)})
+
+
+def register(app: Sanic) -> None:
+    routes: list[tuple[str, Any, list[str]]] = [
+        ("/accounts", sign_up, ["POST"]),
+        ("/sessions", log_in, ["POST"]),
+        ("/sessions/current", log_out, ["DELETE"]),
+        ("/me", me, ["GET"]),
+        ("/users", search_users, ["GET"]),
+        ("/users/<user_id>", get_user, ["GET"]),
+        ("/conversations", create_conversation, ["POST"]),
+        ("/conversations", list_conversations, ["GET"]),
+        ("/conversations/<cid>", get_conversation, ["GET"]),
+        ("/conversations/<cid>/members", add_member, ["POST"]),
+        ("/conversations/<cid>/members/<uid>", remove_member, ["DELETE"]),
+        ("/conversations/<cid>/messages", send_message, ["POST"]),
+        ("/conversations/<cid>/messages", history, ["GET"]),
+        ("/conversations/<cid>/read", mark_read, ["PUT"]),
+    ]
+    for path, handler, methods in routes:
+        app.add_route(handler, PREFIX + path, methods=methods, name=f"{handler.__name__}")

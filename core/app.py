@@ -1,0 +1,175 @@
+"""Building the server: the ``Kibitz`` services object and the Sanic application.
+
+``create_app(settings)`` loads the configured plugins, fills the slots (a bad name or
+setting raises ``ConfigError`` here, before anything starts), wires the services and
+registers the routes. The Sanic listeners then start everything in order, drain on
+shutdown, and stop everything in reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from sanic import Sanic
+
+from . import api, operations
+from .accounts import Accounts
+from .conversations import Conversations
+from .cursors import Cursors, load_cursor_key
+from .database import create_engine, migrate
+from .errors import ConfigError
+from .gateways import sync, ws
+from .hub import Hub
+from .leases import Leases
+from .messages import Messages, StorageFollower
+from .metrics import Metrics
+from .plugin_manager import call_each, create_plugin_manager, fill_slot
+from .ratelimit import RateLimits
+from .settings import Settings
+from .slots import IdGenerator, Notifier, Storage, Transport
+
+log = logging.getLogger("kibitz")
+
+_app_numbers = itertools.count()
+
+
+class Kibitz:
+    """Every service of one running instance; plugins get it as ``app``."""
+
+    def __init__(self, settings: Settings, plugins: Iterable[object] = ()) -> None:
+        self.settings = settings
+        self.data_dir = settings.data_dir.resolve()
+        self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.pm = create_plugin_manager(settings, plugins)
+        self.ids: IdGenerator = fill_slot(self.pm, "ids", settings.ids, settings)
+        self.transport: Transport = fill_slot(self.pm, "transport", settings.transport, settings)
+        self.storage: Storage = fill_slot(self.pm, "storage", settings.storage, settings)
+        self.notifiers: list[Notifier] = [
+            fill_slot(self.pm, "notifier", n, settings) for n in settings.notify
+        ]
+        self.metrics = Metrics()
+        self.engine = create_engine(settings.sqlalchemy_url)
+        self.leases = Leases(self.engine, self.instance_id)
+        self.accounts = Accounts(self.engine, settings.registration)
+        self.conversations = Conversations(self.engine, self.transport, self.storage)
+        self.hub = Hub(self.metrics, self.conversations.forget)
+        self.messages = Messages(
+            self,
+            self.pm,
+            self.transport,
+            self.storage,
+            self.ids,
+            self.notifiers,
+            settings.max_message_chars,
+            self.hub.is_live,
+        )
+        self.follower = StorageFollower(self.transport, self.storage)
+        self.rate_limits = RateLimits(settings.rate_limits)
+        self.cursors = Cursors(b"")
+        self.ready = False
+        self.stopping = asyncio.Event()
+        self._started: list[Any] = []
+
+    async def start(self) -> None:
+        """Start every part, in dependency order; storage catches up with the log before ready."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        await migrate(self.engine)
+        self.cursors = Cursors(await load_cursor_key(self.engine))
+        self.transport.listen(self.hub.on_event, self.hub.on_signal)
+        for part in (self.ids, self.transport, self.storage, *self.notifiers):
+            await part.start(self)
+            self._started.append(part)
+        caught_up = await self.follower.catch_up()
+        if caught_up:
+            log.info("storage_caught_up", extra={"messages": caught_up})
+        self.follower.start()
+        await call_each(self.pm, "startup", app=self)
+        self.ready = True
+        log.info("ready", extra={"url": self.settings.url, "instance": self.instance_id})
+
+    async def drain(self) -> None:
+        """Stop taking live connections and let the ones open go (they resume elsewhere)."""
+        self.ready = False
+        self.stopping.set()
+        self.hub.close_all()
+        await ws.close_all(self)
+        await self.messages.drain()
+        await call_each(self.pm, "shutdown", app=self)
+
+    async def stop(self) -> None:
+        await self.follower.stop()
+        for part in reversed(self._started):
+            try:
+                await part.close()
+            except Exception:
+                log.exception("close_failed", extra={"part": type(part).__name__})
+        self._started.clear()
+        with contextlib.suppress(Exception):
+            await self.engine.dispose()
+        log.info("stopped")
+
+
+def _register_plugin_routes(app: Sanic, kibitz: Kibitz) -> None:
+    """Let plugins add routes; a path (and method) already taken stops start-up."""
+    taken = {(route.path.strip("/"), method) for route in app.router.routes for method in route.methods}
+
+    def register(path: str, handler: Any, methods: Iterable[str] = ("GET",)) -> None:
+        for method in methods:
+            key = (path.strip("/"), method.upper())
+            if key in taken:
+                raise ConfigError(f"plugin route {method.upper()} {path}: the path is already taken")
+            taken.add(key)
+        app.add_route(handler, path, methods=list(methods), name=f"plugin_{len(taken)}")
+
+    for impl in reversed(kibitz.pm.hook.register_routes.get_hookimpls()):
+        kwargs = {"register": register, "app": kibitz}
+        impl.function(*(kwargs[a] for a in impl.argnames))
+
+
+def create_app(settings: Settings, plugins: Iterable[object] = ()) -> Sanic:
+    """The Sanic application of one Kibitz instance (``plugins``: extra plugin objects, for tests)."""
+    kibitz = Kibitz(settings, plugins)
+    app = Sanic(f"kibitz{next(_app_numbers)}", configure_logging=False)
+    app.config.update(
+        {
+            "REQUEST_MAX_SIZE": 1024 * 1024,
+            "RESPONSE_TIMEOUT": 90,
+            "REQUEST_TIMEOUT": 30,
+            "KEEP_ALIVE_TIMEOUT": 75,
+            "GRACEFUL_SHUTDOWN_TIMEOUT": 10,
+            "WEBSOCKET_MAX_SIZE": settings.max_frame_bytes,
+            "WEBSOCKET_PING_INTERVAL": 20,
+            "WEBSOCKET_PING_TIMEOUT": 20,
+            "ACCESS_LOG": False,
+            "MOTD": False,
+            "NOISY_EXCEPTIONS": False,
+        }
+    )
+    app.ctx.kibitz = kibitz
+    api.register(app)
+    sync.register(app)
+    ws.register(app)
+    operations.register(app, kibitz)
+    _register_plugin_routes(app, kibitz)
+
+    @app.before_server_start
+    async def _start(app: Sanic, _loop: Any) -> None:
+        await kibitz.start()
+
+    @app.before_server_stop
+    async def _drain(app: Sanic, _loop: Any) -> None:
+        await kibitz.drain()
+
+    @app.after_server_stop
+    async def _stop(app: Sanic, _loop: Any) -> None:
+        await kibitz.stop()
+
+    return app

@@ -1,0 +1,282 @@
+"""Conversations: direct and group, membership rules, read markers, per-user views.
+
+Membership lives in the relational database. Every change is also written to the event
+log of each user it concerns (a ``conversation`` or ``read`` event), so their devices
+learn of it; each instance drops its cached copy of a conversation when such an event
+passes through its live feed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .database import conversations, members
+from .errors import Forbidden, InvalidRequest, NotFound
+from .models import Conversation, LogEntry, rfc3339
+from .slots import Storage, Transport
+
+MAX_NAME = 128
+CACHE_SIZE = 10_000
+
+
+def parse_id(value: object, field: str) -> int:
+    """A protocol id (a decimal string; a JSON integer is accepted too) as an int."""
+    if isinstance(value, str) and value.isdigit() and len(value) <= 19:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    raise InvalidRequest(f"{field}: expected an id (a string of digits)")
+
+
+class Conversations:
+    def __init__(self, engine: AsyncEngine, transport: Transport, storage: Storage) -> None:
+        self.engine = engine
+        self.transport = transport
+        self.storage = storage
+        self._cache: OrderedDict[int, Conversation] = OrderedDict()
+
+    # -- reading ---------------------------------------------------------------
+
+    async def get(self, conversation_id: int) -> Conversation | None:
+        """The conversation (cached), or None."""
+        cached = self._cache.get(conversation_id)
+        if cached is not None:
+            self._cache.move_to_end(conversation_id)
+            return cached
+        async with self.engine.connect() as db:
+            row = (
+                await db.execute(sa.select(conversations).where(conversations.c.id == conversation_id))
+            ).first()
+            if row is None:
+                return None
+            ids = (
+                (
+                    await db.execute(
+                        sa.select(members.c.user_id)
+                        .where(members.c.conversation_id == conversation_id)
+                        .order_by(members.c.joined_ms, members.c.user_id)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        conversation = _conversation(row, tuple(ids))
+        self._cache[conversation_id] = conversation
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return conversation
+
+    async def of_member(self, conversation_id: int, user_id: int) -> Conversation:
+        """The conversation if ``user_id`` is a member; 404 otherwise, exactly as if it did not exist."""
+        conversation = await self.get(conversation_id)
+        if conversation is None or user_id not in conversation.members:
+            raise NotFound("no such conversation")
+        return conversation
+
+    def forget(self, conversation_id: int) -> None:
+        """Drop the cached copy (membership changed, here or on another instance)."""
+        self._cache.pop(conversation_id, None)
+
+    async def markers(self, user_id: int, conversation_ids: Sequence[int]) -> dict[int, int]:
+        async with self.engine.connect() as db:
+            rows = await db.execute(
+                sa.select(members.c.conversation_id, members.c.read_marker).where(
+                    members.c.user_id == user_id, members.c.conversation_id.in_(conversation_ids)
+                )
+            )
+            return {row.conversation_id: row.read_marker for row in rows}
+
+    async def views(self, user_id: int, items: Sequence[Conversation]) -> list[dict[str, object]]:
+        """The protocol's Conversation objects as ``user_id`` sees them (last message, unread count)."""
+        if not items:
+            return []
+        ids = [c.id for c in items]
+        markers = await self.markers(user_id, ids)
+        latest = await self.storage.latest(ids)
+        unread = await self.storage.unread_counts([(c.id, user_id, markers.get(c.id, 0)) for c in items])
+        return [
+            {
+                "id": str(c.id),
+                "type": c.type,
+                "name": c.name,
+                "members": [str(m) for m in c.members],
+                "created_at": c.created_at,
+                "last_message": orjson.Fragment(last) if last else None,
+                "unread_count": count,
+            }
+            for c, last, count in zip(items, latest, unread, strict=True)
+        ]
+
+    async def view(self, user_id: int, conversation: Conversation) -> dict[str, object]:
+        return (await self.views(user_id, [conversation]))[0]
+
+    async def list_for(self, user_id: int) -> list[dict[str, object]]:
+        """Every conversation of the user, most recent activity first."""
+        async with self.engine.connect() as db:
+            ids = (
+                (await db.execute(sa.select(members.c.conversation_id).where(members.c.user_id == user_id)))
+                .scalars()
+                .all()
+            )
+        items = [c for c in [await self.get(i) for i in ids] if c is not None]
+        views = await self.views(user_id, items)
+
+        def activity(view: dict[str, object]) -> tuple[str, int]:
+            last = view["last_message"]
+            when = (
+                orjson.loads(last.contents)["created_at"]
+                if isinstance(last, orjson.Fragment)
+                else view["created_at"]
+            )
+            return str(when), int(str(view["id"]))
+
+        return sorted(views, key=activity, reverse=True)
+
+    # -- changing ----------------------------------------------------------------
+
+    async def create_direct(self, creator_id: int, other_id: int) -> tuple[Conversation, bool]:
+        """The direct conversation of the two users, made if new; True when made now."""
+        low, high = sorted((creator_id, other_id))
+        key = f"{low}:{high}"
+        now = _now_ms()
+        try:
+            async with self.engine.begin() as db:
+                result = await db.execute(
+                    conversations.insert().values(
+                        type="direct", name=None, creator_id=creator_id, direct_key=key, created_ms=now
+                    )
+                )
+                cid = result.inserted_primary_key[0]
+                await db.execute(
+                    members.insert(),
+                    [
+                        {"conversation_id": cid, "user_id": creator_id, "joined_ms": now},
+                        {"conversation_id": cid, "user_id": other_id, "joined_ms": now},
+                    ],
+                )
+        except IntegrityError:
+            async with self.engine.connect() as db:
+                cid = (
+                    await db.execute(sa.select(conversations.c.id).where(conversations.c.direct_key == key))
+                ).scalar_one()
+            conversation = await self.get(cid)
+            assert conversation is not None
+            return conversation, False
+        conversation = await self.get(cid)
+        assert conversation is not None
+        await self.announce(conversation, conversation.members)
+        return conversation, True
+
+    async def create_group(self, creator_id: int, name: str, member_ids: Sequence[int]) -> Conversation:
+        now = _now_ms()
+        everyone = list(dict.fromkeys([creator_id, *member_ids]))
+        async with self.engine.begin() as db:
+            result = await db.execute(
+                conversations.insert().values(
+                    type="group", name=name, creator_id=creator_id, direct_key=None, created_ms=now
+                )
+            )
+            cid = result.inserted_primary_key[0]
+            await db.execute(
+                members.insert(),
+                [{"conversation_id": cid, "user_id": uid, "joined_ms": now} for uid in everyone],
+            )
+        conversation = await self.get(cid)
+        assert conversation is not None
+        await self.announce(conversation, conversation.members)
+        return conversation
+
+    async def add_member(self, conversation: Conversation, user_id: int) -> Conversation:
+        if conversation.type != "group":
+            raise InvalidRequest("members can be added to group conversations only")
+        if user_id in conversation.members:
+            return conversation
+        if len(conversation.members) >= self.transport.max_fanout:
+            raise InvalidRequest(f"a group has at most {self.transport.max_fanout} members")
+        try:
+            async with self.engine.begin() as db:
+                await db.execute(
+                    members.insert().values(
+                        conversation_id=conversation.id, user_id=user_id, joined_ms=_now_ms()
+                    )
+                )
+        except IntegrityError:
+            pass  # added concurrently: the same outcome
+        self.forget(conversation.id)
+        changed = await self.get(conversation.id)
+        assert changed is not None
+        await self.announce(changed, changed.members)
+        return changed
+
+    async def remove_member(self, conversation: Conversation, by: int, user_id: int) -> None:
+        if conversation.type == "direct":
+            raise Forbidden("a direct conversation always keeps its two members")
+        if user_id != by and by != conversation.creator_id:
+            raise Forbidden("only the creator may remove other members")
+        if user_id not in conversation.members:
+            raise NotFound("that user is not a member")
+        async with self.engine.begin() as db:
+            await db.execute(
+                members.delete().where(
+                    members.c.conversation_id == conversation.id, members.c.user_id == user_id
+                )
+            )
+        self.forget(conversation.id)
+        changed = await self.get(conversation.id)
+        assert changed is not None
+        # The one who left learns of it too: their devices drop the conversation.
+        await self.announce(changed, (*changed.members, user_id))
+
+    async def mark_read(self, conversation: Conversation, user_id: int, message_id: int) -> None:
+        """Move the user's read marker forward to ``message_id`` (never backwards)."""
+        if not await self.storage.contains(conversation.id, message_id):
+            raise InvalidRequest("message_id: not a message of this conversation")
+        async with self.engine.begin() as db:
+            result = await db.execute(
+                members.update()
+                .where(
+                    members.c.conversation_id == conversation.id,
+                    members.c.user_id == user_id,
+                    members.c.read_marker < message_id,
+                )
+                .values(read_marker=message_id)
+            )
+        if result.rowcount:
+            event = orjson.dumps(
+                {"type": "read", "conversation_id": str(conversation.id), "message_id": str(message_id)}
+            )
+            await self.transport.append([LogEntry((user_id,), event)])
+
+    async def announce(self, conversation: Conversation, user_ids: Sequence[int]) -> None:
+        """Write a ``conversation`` event, as each user sees it, into each user's log."""
+        self.forget(conversation.id)
+        views = [await self.view(uid, conversation) for uid in user_ids]
+        entries = [
+            LogEntry((uid,), orjson.dumps({"type": "conversation", "conversation": view}))
+            for uid, view in zip(user_ids, views, strict=True)
+        ]
+        for start in range(0, len(entries), self.transport.max_fanout):
+            await self.transport.append(entries[start : start + self.transport.max_fanout])
+
+
+def _conversation(row: sa.Row, member_ids: tuple[int, ...]) -> Conversation:
+    return Conversation(
+        id=row.id,
+        type=row.type,
+        name=row.name,
+        creator_id=row.creator_id,
+        members=member_ids,
+        created_at=rfc3339(row.created_ms),
+        created_ms=row.created_ms,
+    )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

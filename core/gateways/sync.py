@@ -1,0 +1,94 @@
+"""``GET /sync``: polling and long polling of the caller's event log, and the catch-up reads
+the WebSocket gateway shares with it.
+
+A cursor is a signed position in the user's log (``kibitz.cursors``). When a read finds
+the user caught up, the cursor moves on to the live feed's position taken before the
+read, so an idle user's cursor keeps up with the log instead of ageing into expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse
+
+from ..api import PREFIX, authenticate, int_query, json
+from ..errors import CursorExpired, CursorGone, InvalidRequest
+from ..models import User
+
+MAX_LIMIT = 1000
+MAX_TIMEOUT = 60
+
+
+class Backlog:
+    """One read of a user's log: events after a position, and where the next read starts."""
+
+    def __init__(self, events: list[tuple[int, bytes]], cursor_position: int, has_more: bool) -> None:
+        self.events = events
+        self.cursor_position = cursor_position
+        self.has_more = has_more
+
+
+async def read_backlog(kibitz: object, user_id: int, after: int, limit: int) -> Backlog:
+    """Up to ``limit`` events after ``after``; raise ``CursorExpired`` if retention dropped some."""
+    live_position = kibitz.hub.position  # type: ignore[attr-defined]
+    events = await kibitz.transport.read(user_id, after, limit + 1)  # type: ignore[attr-defined]
+    has_more = len(events) > limit
+    events = events[:limit]
+    position = events[-1][0] if events else after
+    if not has_more:
+        position = max(position, live_position)
+    return Backlog(events, position, has_more)
+
+
+def decode_cursor(kibitz: object, user: User, cursor: str) -> int:
+    position = kibitz.cursors.decode(user.id, cursor)  # type: ignore[attr-defined]
+    if position is None:
+        raise InvalidRequest("since: not a cursor this server issued")
+    return int(position)
+
+
+async def sync(request: Request) -> HTTPResponse:
+    kibitz = request.app.ctx.kibitz
+    user, _ = await authenticate(request)
+    timeout = int_query(request, "timeout", 0, 0, MAX_TIMEOUT)
+    limit = int_query(request, "limit", 100, 1, MAX_LIMIT)
+    assert timeout is not None and limit is not None
+    since = request.args.get("since")
+    if since is None:
+        now = await kibitz.transport.now()
+        return _answer(kibitz, user, Backlog([], now, False))
+    after = decode_cursor(kibitz, user, since)
+    waiter = kibitz.hub.start_poll(user.id) if timeout else None
+    try:
+        backlog = await read_backlog(kibitz, user.id, after, limit)
+        if waiter is not None and not backlog.events and not kibitz.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.wait(), timeout)
+            backlog = await read_backlog(kibitz, user.id, after, limit)
+    except CursorExpired:
+        raise CursorGone("the cursor is older than the event retention; reload history") from None
+    finally:
+        if waiter is not None:
+            kibitz.hub.end_poll(user.id, waiter)
+    return _answer(kibitz, user, backlog)
+
+
+def _answer(kibitz: object, user: User, backlog: Backlog) -> HTTPResponse:
+    cursor = kibitz.cursors.encode(user.id, backlog.cursor_position)  # type: ignore[attr-defined]
+    body = (
+        b'{"events":['
+        + b",".join(event for _, event in backlog.events)
+        + b'],"cursor":"'
+        + cursor.encode()
+        + b'","has_more":'
+        + (b"true" if backlog.has_more else b"false")
+        + b"}"
+    )
+    return json(body)
+
+
+def register(app: Sanic) -> None:
+    app.add_route(sync, PREFIX + "/sync", methods=["GET"], name="sync")

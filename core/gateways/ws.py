@@ -1,0 +1,287 @@
+"""``GET /api/v1/ws``: the WebSocket gateway.
+
+A connection says ``hello`` with its token (and a cursor to resume from), gets ``ready``
+once live delivery to it is in place, then the backlog after its cursor, then live
+events, each exactly once and in log order. It can send, mark read, say it is typing and
+ping. Every frame the server writes goes through one bounded queue and one writer task;
+a client too slow to take its events is closed (1013) and resumes from its cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sanic import Request, Sanic
+from sanic.server.websockets.impl import WebsocketImplProtocol
+from websockets.exceptions import ConnectionClosed
+
+from ..api import PREFIX
+from ..conversations import parse_id
+from ..errors import ApiError, CursorExpired, InvalidRequest
+from ..models import Device, User
+from ..plugin_manager import call_each
+from .sync import read_backlog
+
+if TYPE_CHECKING:
+    from ..app import Kibitz
+
+log = logging.getLogger("kibitz.ws")
+
+HELLO_TIMEOUT = 10.0
+QUEUE_FRAMES = 2048  # frames waiting for a slow client before it is closed
+REPLAY_PAGE = 500
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED = 1003
+CLOSE_TRY_AGAIN = 1013
+CLOSE_BAD_CURSOR = 4400
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_CURSOR_EXPIRED = 4410
+
+
+class Connection:
+    """One live WebSocket of one device: what the hub delivers to."""
+
+    def __init__(self, ws: WebsocketImplProtocol, kibitz: Kibitz, user: User, device: Device) -> None:
+        self.ws = ws
+        self.kibitz = kibitz
+        self.user = user
+        self.user_id = user.id
+        self.device_id = device.id
+        self.device = device
+        self.queue: asyncio.Queue[bytes | tuple[int, str]] = asyncio.Queue(QUEUE_FRAMES)
+        self.position = 0  # the position of the last event written to this connection
+        self.replaying = True
+        self.held: list[tuple[int, bytes]] = []  # live events that arrived during the replay
+        self.closing = False
+
+    # -- from the hub ---------------------------------------------------------------------
+
+    def deliver(self, position: int, event: bytes) -> None:
+        if self.replaying:
+            self.held.append((position, event))
+            if len(self.held) > QUEUE_FRAMES * 4:
+                self.close(CLOSE_TRY_AGAIN, "too far behind; resume from your cursor")
+        elif position > self.position:
+            self.position = position
+            self.put(self.event_frame(position, event))
+
+    def signal(self, payload: bytes) -> None:
+        self.put(b'{"type":"event","event":' + payload + b"}")
+
+    def revoke(self) -> None:
+        self.close(CLOSE_UNAUTHORIZED, "token revoked")
+
+    # -- writing ------------------------------------------------------------------------
+
+    def event_frame(self, position: int, event: bytes) -> bytes:
+        cursor = self.kibitz.cursors.encode(self.user_id, position)
+        return b'{"type":"event","event":' + event + b',"cursor":"' + cursor.encode() + b'"}'
+
+    def put(self, frame: bytes) -> None:
+        try:
+            self.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.close(CLOSE_TRY_AGAIN, "too far behind; resume from your cursor")
+
+    def close(self, code: int, reason: str) -> None:
+        """Close after the frames already queued (a control item in the same queue)."""
+        if self.closing:
+            return
+        self.closing = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait((code, reason))
+        if self.queue.full():  # no room even for the close: close now
+            asyncio.get_running_loop().create_task(self.ws.close(code, reason))
+
+    async def write_loop(self) -> None:
+        while True:
+            item = await self.queue.get()
+            if isinstance(item, tuple):
+                await self.ws.close(*item)
+                return
+            await self.ws.send(item.decode())
+
+    # -- replay ------------------------------------------------------------------------------
+
+    async def replay(self, after: int, first: list[tuple[int, bytes]] | None) -> None:
+        """Write the backlog after ``after`` then the events held meanwhile, then go live."""
+        position = after
+        page = first
+        while True:
+            if page is None:
+                page = (await read_backlog(self.kibitz, self.user_id, position, REPLAY_PAGE)).events
+            for event_position, event in page:
+                await self.queue.put(self.event_frame(event_position, event))
+                position = event_position
+            if len(page) < REPLAY_PAGE:
+                break
+            page = None
+        self.position = position
+        self.replaying = False
+        held, self.held = self.held, []
+        for event_position, event in held:
+            self.deliver(event_position, event)
+
+
+async def websocket(request: Request, ws: WebsocketImplProtocol) -> None:
+    kibitz: Kibitz = request.app.ctx.kibitz
+    hello = await _hello(ws, kibitz)
+    if hello is None:
+        return
+    user, device, since = hello
+    connection = Connection(ws, kibitz, user, device)
+    kibitz.hub.add(connection)
+    writer: asyncio.Task[None] | None = None
+    try:
+        first: list[tuple[int, bytes]] | None = None
+        if since is None:
+            start = max(await kibitz.transport.now(), kibitz.hub.position)
+        else:
+            start = since
+            try:
+                first = (await read_backlog(kibitz, user.id, since, REPLAY_PAGE)).events
+            except CursorExpired:
+                await ws.close(
+                    CLOSE_CURSOR_EXPIRED, "cursor expired; reload history, then connect without since"
+                )
+                return
+        ready = {"type": "ready", "user": user.to_dict(), "cursor": kibitz.cursors.encode(user.id, start)}
+        await ws.send(orjson.dumps(ready).decode())
+        writer = asyncio.create_task(connection.write_loop())
+        _spawn(call_each(kibitz.pm, "connection_opened", user=user, device=device, app=kibitz))
+        await connection.replay(start, first)
+        await _read_loop(ws, connection, kibitz)
+    except (ConnectionClosed, asyncio.CancelledError):
+        pass
+    finally:
+        kibitz.hub.remove(connection)
+        if writer is not None:
+            writer.cancel()
+        _spawn(call_each(kibitz.pm, "connection_closed", user=user, device=device, app=kibitz))
+
+
+async def _hello(ws: WebsocketImplProtocol, kibitz: Kibitz) -> tuple[User, Device, int | None] | None:
+    """Read and check the ``hello`` frame; close the socket and return None if it fails."""
+    try:
+        frame = await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT)
+    except TimeoutError:
+        await ws.close(CLOSE_UNAUTHORIZED, "no hello within 10 seconds")
+        return None
+    if isinstance(frame, bytes):
+        await ws.close(CLOSE_UNSUPPORTED, "text frames only")
+        return None
+    try:
+        hello = orjson.loads(frame or b"")
+    except orjson.JSONDecodeError:
+        hello = None
+    if not isinstance(hello, dict) or hello.get("type") != "hello" or not isinstance(hello.get("token"), str):
+        await ws.close(CLOSE_UNAUTHORIZED, "the first frame must be a hello with a token")
+        return None
+    found = await kibitz.accounts.authenticate(hello["token"])
+    if found is None:
+        await ws.close(CLOSE_UNAUTHORIZED, "unknown or revoked token")
+        return None
+    user, device = found
+    since = hello.get("since")
+    if since is None:
+        return user, device, None
+    position = kibitz.cursors.decode(user.id, since) if isinstance(since, str) else None
+    if position is None:
+        await ws.close(CLOSE_BAD_CURSOR, "since: not a cursor this server issued")
+        return None
+    return user, device, position
+
+
+async def _read_loop(ws: WebsocketImplProtocol, connection: Connection, kibitz: Kibitz) -> None:
+    while True:
+        frame = await ws.recv()
+        if frame is None:
+            return
+        if isinstance(frame, bytes):
+            await ws.close(CLOSE_UNSUPPORTED, "text frames only")
+            return
+        try:
+            message = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            connection.put(_error("invalid_request", "the frame is not valid JSON"))
+            continue
+        kind = message.get("type") if isinstance(message, dict) else None
+        handler = HANDLERS.get(kind) if isinstance(kind, str) else None
+        if handler is None:
+            connection.put(_error("invalid_request", f"unknown frame type {kind!r}"))
+            continue
+        client_msg_id = message.get("client_msg_id") if kind == "send" else None
+        try:
+            await handler(message, connection, kibitz)
+        except ApiError as e:
+            connection.put(_error(e.code, e.message, client_msg_id))
+
+
+async def _send(frame: dict[str, Any], connection: Connection, kibitz: Kibitz) -> None:
+    body, client_msg_id = kibitz.messages.validate(frame.get("body"), frame.get("client_msg_id"))
+    cid = parse_id(frame.get("conversation_id"), "conversation_id")
+    conversation = await kibitz.conversations.of_member(cid, connection.user_id)
+    kibitz.rate_limits.send(connection.user_id)
+    _, data, _ = await kibitz.messages.send(connection.user, conversation, body, client_msg_id)
+    connection.put(
+        b'{"type":"sent","client_msg_id":' + orjson.dumps(client_msg_id) + b',"message":' + data + b"}"
+    )
+
+
+async def _read(frame: dict[str, Any], connection: Connection, kibitz: Kibitz) -> None:
+    cid = parse_id(frame.get("conversation_id"), "conversation_id")
+    message_id = parse_id(frame.get("message_id"), "message_id")
+    conversation = await kibitz.conversations.of_member(cid, connection.user_id)
+    await kibitz.conversations.mark_read(conversation, connection.user_id, message_id)
+
+
+async def _typing(frame: dict[str, Any], connection: Connection, kibitz: Kibitz) -> None:
+    cid = parse_id(frame.get("conversation_id"), "conversation_id")
+    conversation = await kibitz.conversations.of_member(cid, connection.user_id)
+    others = [uid for uid in conversation.members if uid != connection.user_id]
+    if others:
+        event = {"type": "typing", "conversation_id": str(cid), "user_id": str(connection.user_id)}
+        await kibitz.transport.signal(others, orjson.dumps(event))
+
+
+async def _ping(frame: dict[str, Any], connection: Connection, kibitz: Kibitz) -> None:
+    connection.put(b'{"type":"pong"}')
+
+
+async def _second_hello(frame: dict[str, Any], connection: Connection, kibitz: Kibitz) -> None:
+    raise InvalidRequest("already said hello")
+
+
+HANDLERS = {"send": _send, "read": _read, "typing": _typing, "ping": _ping, "hello": _second_hello}
+
+
+def _error(code: str, message: str, client_msg_id: str | None = None) -> bytes:
+    frame: dict[str, str] = {"type": "error", "code": code, "message": message}
+    if client_msg_id is not None and isinstance(client_msg_id, str):
+        frame["client_msg_id"] = client_msg_id
+    return orjson.dumps(frame)
+
+
+_tasks: set[asyncio.Task[None]] = set()
+
+
+def _spawn(work: Any) -> None:
+    task = asyncio.ensure_future(work)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+async def close_all(kibitz: Kibitz) -> None:
+    """Close every WebSocket of this instance with 1001, so clients reconnect elsewhere."""
+    for connections in list(kibitz.hub.connections.values()):
+        for connection in list(connections):
+            connection.close(CLOSE_GOING_AWAY, "server shutting down")  # type: ignore[attr-defined]
+
+
+def register(app: Sanic) -> None:
+    app.add_websocket_route(websocket, PREFIX + "/ws", name="websocket")

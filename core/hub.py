@@ -1,0 +1,119 @@
+"""The live side of one instance: which devices are connected, and handing them events.
+
+The transport's live feed calls ``Hub.on_event`` for every event of every user, in log
+order. The hub passes each to the WebSocket connections of that user on this instance
+and wakes the long polls waiting for that user. Live-only signals (typing, a revoked
+device) arrive through ``Hub.on_signal``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from .metrics import Metrics
+
+CONVERSATION_EVENT = b'{"type":"conversation","conversation":{"id":"'
+REVOKE_SIGNAL = b"!revoke "  # a control signal, never shown to clients: b"!revoke <device id>"
+
+
+class LiveConnection(Protocol):
+    user_id: int
+    device_id: int
+
+    def deliver(self, position: int, event: bytes) -> None:
+        """An event of the user's log, in log order; must not block."""
+
+    def signal(self, payload: bytes) -> None:
+        """A live-only event (typing); must not block."""
+
+    def revoke(self) -> None:
+        """The device's token was revoked: close with 4401."""
+
+
+class Hub:
+    def __init__(self, metrics: Metrics, forget_conversation: Callable[[int], None]) -> None:
+        self.metrics = metrics
+        self.forget_conversation = forget_conversation
+        self.connections: dict[int, set[LiveConnection]] = {}
+        self.polls: dict[int, list[asyncio.Event]] = {}  # long polls waiting, per user
+        self.polling: dict[int, int] = {}  # long polls in flight, per user
+        # The largest position the live feed has handed over: every event at or before it
+        # that belongs to a connected user has been delivered to that user's connections.
+        self.position = 0
+
+    # -- the feed ------------------------------------------------------------------
+
+    def on_event(self, user_id: int, position: int, event: bytes, committed_at: float) -> None:
+        self.position = max(self.position, position)
+        if event.startswith(CONVERSATION_EVENT):
+            start = len(CONVERSATION_EVENT)
+            self.forget_conversation(int(event[start : event.index(b'"', start)]))
+        connections = self.connections.get(user_id)
+        if connections:
+            for connection in list(connections):
+                connection.deliver(position, event)
+            self.metrics.delivered(len(connections), time.time() - committed_at)
+        for waiter in self.polls.get(user_id, ()):
+            waiter.set()
+
+    def on_signal(self, user_ids: tuple[int, ...], payload: bytes) -> None:
+        if payload.startswith(REVOKE_SIGNAL):
+            device_id = int(payload[len(REVOKE_SIGNAL) :])
+            for user_id in user_ids:
+                for connection in list(self.connections.get(user_id, ())):
+                    if connection.device_id == device_id:
+                        connection.revoke()
+            return
+        for user_id in user_ids:
+            for connection in list(self.connections.get(user_id, ())):
+                connection.signal(payload)
+
+    # -- connections -------------------------------------------------------------------
+
+    def add(self, connection: LiveConnection) -> None:
+        self.connections.setdefault(connection.user_id, set()).add(connection)
+        self.metrics.connections.labels("websocket").inc()
+
+    def remove(self, connection: LiveConnection) -> None:
+        connections = self.connections.get(connection.user_id)
+        if connections and connection in connections:
+            connections.discard(connection)
+            if not connections:
+                del self.connections[connection.user_id]
+            self.metrics.connections.labels("websocket").dec()
+
+    def start_poll(self, user_id: int) -> asyncio.Event:
+        """A long poll begins: an event set when the next event of ``user_id`` arrives."""
+        event = asyncio.Event()
+        self.polls.setdefault(user_id, []).append(event)
+        self.polling[user_id] = self.polling.get(user_id, 0) + 1
+        self.metrics.connections.labels("longpoll").inc()
+        return event
+
+    def end_poll(self, user_id: int, event: asyncio.Event) -> None:
+        waiters = self.polls.get(user_id, [])
+        waiters.remove(event)
+        if not waiters:
+            del self.polls[user_id]
+        self.polling[user_id] -= 1
+        if not self.polling[user_id]:
+            del self.polling[user_id]
+        self.metrics.connections.labels("longpoll").dec()
+
+    def is_live(self, user_id: int) -> bool:
+        """Whether the user has a WebSocket or a long poll in flight on this instance."""
+        return user_id in self.connections or user_id in self.polling
+
+    @property
+    def count(self) -> int:
+        """Open WebSockets and long polls in flight on this instance."""
+        return sum(len(c) for c in self.connections.values()) + sum(self.polling.values())
+
+    def close_all(self) -> None:
+        """Wake every long poll (shutdown); WebSockets are closed by their gateway."""
+        for waiters in self.polls.values():
+            for waiter in waiters:
+                waiter.set()

@@ -1,0 +1,205 @@
+"""The send path, history reads, and keeping storage in step with the log.
+
+A message goes: checks → ``wrap_send`` plugins → an id → the transport (the commit
+point: one durable append writes the event into every member's log) → storage (so
+history and ``GET /conversations`` see it at once) → the sender's answer. Plugins'
+``message_accepted`` and the notifiers run after that, off the send path.
+
+Storage can always be rebuilt from the log: the transport keeps every accepted message
+in commit order, and ``StorageFollower`` stores what storage has not confirmed yet, at
+start-up (before the server is ready) and then continuously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+from .errors import Forbidden, InvalidRequest, PayloadTooLarge, Rejected, Unavailable
+from .models import Conversation, Draft, LogEntry, Message, User, message_event, rfc3339
+from .plugin_manager import SendWrappers, call_each
+from .slots import IdGenerator, Notifier, Storage, StoredMessage, Transport
+
+if TYPE_CHECKING:
+    from .app import Kibitz
+
+log = logging.getLogger("kibitz.messages")
+
+MAX_CLIENT_MSG_ID = 64
+MAX_PAGE = 200
+FOLLOW_BATCH = 1000
+FOLLOW_INTERVAL = 1.0
+
+
+class Messages:
+    def __init__(
+        self,
+        kibitz: Kibitz,
+        pm: pluggy.PluginManager,
+        transport: Transport,
+        storage: Storage,
+        ids: IdGenerator,
+        notifiers: list[Notifier],
+        max_chars: int,
+        is_live: Callable[[int], bool],
+    ) -> None:
+        self.kibitz = kibitz
+        self.pm = pm
+        self.transport = transport
+        self.storage = storage
+        self.ids = ids
+        self.notifiers = notifiers
+        self.max_chars = max_chars
+        self.is_live = is_live
+        self._in_flight: dict[tuple[int, str], asyncio.Future[tuple[Message, bytes]]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    def validate(self, body: object, client_msg_id: object) -> tuple[str, str]:
+        if not isinstance(client_msg_id, str) or not 1 <= len(client_msg_id) <= MAX_CLIENT_MSG_ID:
+            raise InvalidRequest(f"client_msg_id: 1 to {MAX_CLIENT_MSG_ID} characters")
+        if not isinstance(body, str) or not body:
+            raise InvalidRequest("body: a string of at least 1 character")
+        if len(body) > self.max_chars:
+            raise PayloadTooLarge(f"body: at most {self.max_chars} characters")
+        return body, client_msg_id
+
+    async def send(
+        self, sender: User, conversation: Conversation, body: str, client_msg_id: str
+    ) -> tuple[Message, bytes, bool]:
+        """Accept a message; return it, its JSON, and whether it is new (False: an idempotent resend)."""
+        key = (sender.id, client_msg_id)
+        if key in self._in_flight:  # the same send, still on its way: share its outcome
+            message, data = await asyncio.shield(self._in_flight[key])
+            return message, data, False
+        existing = await self.storage.find_sent(sender.id, client_msg_id)
+        if existing is not None:
+            return Message.from_json(existing), existing, False
+        future: asyncio.Future[tuple[Message, bytes]] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            message, data = await self._accept(sender, conversation, body, client_msg_id)
+            future.set_result((message, data))
+            return message, data, True
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            del self._in_flight[key]
+
+    async def _accept(
+        self, sender: User, conversation: Conversation, body: str, client_msg_id: str
+    ) -> tuple[Message, bytes]:
+        draft = Draft(conversation.id, sender.id, body, client_msg_id)
+        wrappers = SendWrappers()
+        try:
+            await wrappers.before(
+                self.pm, draft=draft, sender=sender, conversation=conversation, app=self.kibitz
+            )
+        except Rejected as e:
+            raise Forbidden(e.reason) from None
+        now = time.time()
+        message = Message(
+            id=self.ids.next_id(),
+            conversation_id=conversation.id,
+            sender_id=sender.id,
+            body=draft.body,
+            client_msg_id=client_msg_id,
+            created_at=rfc3339(int(now * 1000)),
+        )
+        data = message.to_json()
+        try:
+            await self.transport.append([LogEntry(conversation.members, message_event(data), data)])
+        except Exception as e:
+            await wrappers.abort()
+            log.warning("append_failed", extra={"error": f"{type(e).__name__}: {e}"})
+            raise Unavailable(
+                "the message queue did not accept the message; retry with the same client_msg_id"
+            ) from None
+        try:
+            await self.storage.append([StoredMessage.of(message, data)])
+        except Exception as e:
+            # Durable in the log already: the follower stores it once storage answers again.
+            log.warning("storage_append_failed", extra={"error": f"{type(e).__name__}: {e}"})
+            raise Unavailable("history storage did not answer; retry with the same client_msg_id") from None
+        self.kibitz.metrics.accepted(time.time() - now)
+        self._after(self._accepted(wrappers, message, conversation))
+        return message, data
+
+    def _after(self, work: asyncio.Future[None] | asyncio.Task[None] | object) -> None:
+        task = asyncio.ensure_future(work)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _accepted(self, wrappers: SendWrappers, message: Message, conversation: Conversation) -> None:
+        await wrappers.after(message)
+        await call_each(
+            self.pm, "message_accepted", message=message, conversation=conversation, app=self.kibitz
+        )
+        offline = [uid for uid in conversation.members if uid != message.sender_id and not self.is_live(uid)]
+        for notifier in self.notifiers if offline else ():
+            try:
+                await notifier.notify(message, conversation, offline)
+            except Exception:
+                log.exception("notify_failed", extra={"notifier": type(notifier).__name__})
+
+    async def drain(self) -> None:
+        """Wait for the work that runs after sends (hooks, notifications) to finish."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def history(
+        self, conversation: Conversation, before: int | None, after: int | None, limit: int
+    ) -> bytes:
+        page = await self.storage.page(conversation.id, before, after, limit)
+        return (
+            b'{"messages":['
+            + b",".join(page.messages)
+            + b'],"has_more":'
+            + (b"true" if page.has_more else b"false")
+            + b"}"
+        )
+
+
+class StorageFollower:
+    """Stores the log's messages that storage has not confirmed (``Storage.position``)."""
+
+    def __init__(self, transport: Transport, storage: Storage) -> None:
+        self.transport = transport
+        self.storage = storage
+        self._task: asyncio.Task[None] | None = None
+
+    async def catch_up(self) -> int:
+        """Store every message after storage's position; return how many were read."""
+        count = 0
+        while True:
+            after = await self.storage.position()
+            records = await self.transport.messages(after, FOLLOW_BATCH)
+            if not records:
+                return count
+            stored = [StoredMessage.of(Message.from_json(data), data) for _, data in records]
+            await self.storage.append(stored, through=records[-1][0])
+            count += len(records)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._follow(), name="storage-follower")
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(FOLLOW_INTERVAL)
+            try:
+                await self.catch_up()
+            except Exception as e:
+                log.warning("storage_follow_failed", extra={"error": f"{type(e).__name__}: {e}"})
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

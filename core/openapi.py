@@ -1,0 +1,295 @@
+"""The OpenAPI 3.1 document of every HTTP call, served at ``/api/v1/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ID = {"type": "string", "pattern": "^[0-9]+$"}
+TIME = {"type": "string", "format": "date-time"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _object(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties}
+
+
+SCHEMAS: dict[str, Any] = {
+    "User": _object(
+        ["id", "username", "display_name"],
+        id=ID,
+        username={"type": "string"},
+        display_name={"type": "string"},
+    ),
+    "Device": _object(["id", "name", "created_at"], id=ID, name={"type": "string"}, created_at=TIME),
+    "Message": _object(
+        ["id", "conversation_id", "sender_id", "body", "client_msg_id", "created_at"],
+        id=ID,
+        conversation_id=ID,
+        sender_id=ID,
+        body={"type": "string"},
+        client_msg_id={"type": "string"},
+        created_at=TIME,
+    ),
+    "Conversation": _object(
+        ["id", "type", "name", "members", "created_at", "last_message", "unread_count"],
+        id=ID,
+        type={"enum": ["direct", "group"]},
+        name={"type": ["string", "null"]},
+        members={"type": "array", "items": ID},
+        created_at=TIME,
+        last_message={"oneOf": [_ref("Message"), {"type": "null"}]},
+        unread_count={"type": "integer"},
+    ),
+    "Event": {
+        "type": "object",
+        "required": ["type"],
+        "properties": {"type": {"enum": ["message", "read", "conversation"]}},
+    },
+    "Error": _object(
+        ["error"], error=_object(["code", "message"], code={"type": "string"}, message={"type": "string"})
+    ),
+}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _operation(
+    summary: str,
+    ok: int,
+    ok_schema: dict[str, Any] | None,
+    errors: list[int],
+    body: dict[str, Any] | None = None,
+    params: list[dict[str, Any]] | None = None,
+    auth: bool = True,
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        str(ok): {"description": "success", **(_json(ok_schema) if ok_schema else {})}
+    }
+    for status in errors:
+        responses[str(status)] = {"description": "error", **_json(_ref("Error"))}
+    operation: dict[str, Any] = {"summary": summary, "responses": responses}
+    if body:
+        operation["requestBody"] = {"required": True, **_json(body)}
+    if params:
+        operation["parameters"] = params
+    if not auth:
+        operation["security"] = []
+    return operation
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+def _path(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": ID}
+
+
+CID = _path("cid")
+
+
+def openapi_document() -> dict[str, Any]:
+    conversation = _object(["conversation"], conversation=_ref("Conversation"))
+    message = _object(["message"], message=_ref("Message"))
+    paths: dict[str, Any] = {
+        "/accounts": {
+            "post": _operation(
+                "Sign up",
+                201,
+                _object(["user"], user=_ref("User")),
+                [400, 403, 409, 429],
+                _object(
+                    ["username", "password"],
+                    username={"type": "string"},
+                    password={"type": "string"},
+                    display_name={"type": "string"},
+                ),
+                auth=False,
+            )
+        },
+        "/sessions": {
+            "post": _operation(
+                "Log in: a new device and its token",
+                201,
+                _object(
+                    ["token", "device", "user"],
+                    token={"type": "string"},
+                    device=_ref("Device"),
+                    user=_ref("User"),
+                ),
+                [400, 401, 429],
+                _object(
+                    ["username", "password"],
+                    username={"type": "string"},
+                    password={"type": "string"},
+                    device_name={"type": "string"},
+                ),
+                auth=False,
+            )
+        },
+        "/sessions/current": {"delete": _operation("Log out this device", 204, None, [401])},
+        "/me": {
+            "get": _operation(
+                "The caller",
+                200,
+                _object(["user", "device"], user=_ref("User"), device=_ref("Device")),
+                [401],
+            )
+        },
+        "/users": {
+            "get": _operation(
+                "Find users by username prefix",
+                200,
+                _object(["users"], users={"type": "array", "items": _ref("User")}),
+                [400, 401],
+                params=[
+                    _query("query", {"type": "string"}),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 50}),
+                ],
+            )
+        },
+        "/users/{id}": {
+            "get": _operation(
+                "A user", 200, _object(["user"], user=_ref("User")), [401, 404], params=[_path("id")]
+            )
+        },
+        "/conversations": {
+            "post": _operation(
+                "Create a direct (or get the existing one) or a group conversation",
+                201,
+                conversation,
+                [400, 401],
+                _object(
+                    ["type", "members"],
+                    type={"enum": ["direct", "group"]},
+                    name={"type": "string"},
+                    members={"type": "array", "items": ID},
+                ),
+            ),
+            "get": _operation(
+                "The caller's conversations, most recent activity first",
+                200,
+                _object(["conversations"], conversations={"type": "array", "items": _ref("Conversation")}),
+                [401],
+            ),
+        },
+        "/conversations/{cid}": {
+            "get": _operation("A conversation", 200, conversation, [401, 404], params=[CID])
+        },
+        "/conversations/{cid}/members": {
+            "post": _operation(
+                "Add a member to a group",
+                200,
+                conversation,
+                [400, 401, 404],
+                _object(["user_id"], user_id=ID),
+                params=[CID],
+            )
+        },
+        "/conversations/{cid}/members/{uid}": {
+            "delete": _operation(
+                "Leave, or remove a member (the creator only)",
+                204,
+                None,
+                [401, 403, 404],
+                params=[CID, _path("uid")],
+            )
+        },
+        "/conversations/{cid}/messages": {
+            "post": _operation(
+                "Send a message (idempotent by client_msg_id: a resend answers 200)",
+                201,
+                message,
+                [400, 401, 403, 404, 413, 429, 503],
+                _object(["body", "client_msg_id"], body={"type": "string"}, client_msg_id={"type": "string"}),
+                params=[CID],
+            ),
+            "get": _operation(
+                "A page of history, ascending by id",
+                200,
+                _object(
+                    ["messages", "has_more"],
+                    messages={"type": "array", "items": _ref("Message")},
+                    has_more={"type": "boolean"},
+                ),
+                [400, 401, 404],
+                params=[
+                    CID,
+                    _query("before", ID),
+                    _query("after", ID),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}),
+                ],
+            ),
+        },
+        "/conversations/{cid}/read": {
+            "put": _operation(
+                "Move the caller's read marker forward",
+                200,
+                conversation,
+                [400, 401, 404],
+                _object(["message_id"], message_id=ID),
+                params=[CID],
+            )
+        },
+        "/sync": {
+            "get": _operation(
+                "Events after a cursor (polling, or long polling with timeout)",
+                200,
+                _object(
+                    ["events", "cursor", "has_more"],
+                    events={"type": "array", "items": _ref("Event")},
+                    cursor={"type": "string"},
+                    has_more={"type": "boolean"},
+                ),
+                [400, 401, 410],
+                params=[
+                    _query("since", {"type": "string"}),
+                    _query("timeout", {"type": "integer", "minimum": 0, "maximum": 60}),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                ],
+            )
+        },
+        "/ws": {
+            "get": _operation(
+                "Upgrade to the WebSocket gateway (see the protocol)", 101, None, [], auth=False
+            )
+        },
+        "/discovery": {
+            "get": _operation(
+                "Live instances and the one to connect to",
+                200,
+                _object(
+                    ["servers", "recommended"],
+                    servers={
+                        "type": "array",
+                        "items": _object(
+                            ["id", "url", "connections"],
+                            id={"type": "string"},
+                            url={"type": "string"},
+                            connections={"type": "integer"},
+                        ),
+                    },
+                    recommended={"type": "string"},
+                ),
+                [],
+                auth=False,
+            )
+        },
+        "/openapi.json": {"get": _operation("This document", 200, {"type": "object"}, [], auth=False)},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Kibitz client protocol", "version": "1"},
+        "servers": [{"url": "/api/v1"}],
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }

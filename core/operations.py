@@ -1,0 +1,113 @@
+"""The operator's endpoints, discovery, the OpenAPI document, and error rendering.
+
+``/healthz`` answers while the process runs; ``/readyz`` asks every backing service and
+names the first that does not answer; ``/metrics`` is Prometheus text. Every error,
+including Sanic's own (unknown path, wrong method, body too large), is rendered with the
+protocol's body ``{"error": {"code", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import orjson
+import sqlalchemy as sa
+from sanic import Request, Sanic
+from sanic.exceptions import SanicException
+from sanic.response import HTTPResponse, raw
+
+from .api import PREFIX, json
+from .errors import ApiError
+from .openapi import openapi_document
+
+if TYPE_CHECKING:
+    from .app import Kibitz
+
+log = logging.getLogger("kibitz.http")
+
+CHECK_TIMEOUT = 3.0
+SANIC_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "invalid_request",
+    413: "payload_too_large",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+def error_response(status: int, code: str, message: str, retry_after: int | None = None) -> HTTPResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    return raw(body, status=status, content_type="application/json", headers=headers)
+
+
+async def handle_error(request: Request, exception: Exception) -> HTTPResponse:
+    if isinstance(exception, ApiError):
+        return error_response(exception.status, exception.code, exception.message, exception.retry_after)
+    if isinstance(exception, SanicException):
+        status = exception.status_code
+        code = SANIC_CODES.get(status, "invalid_request" if status < 500 else "unavailable")
+        return error_response(status, code, str(exception) or code.replace("_", " "))
+    log.exception("request_failed", extra={"path": request.path, "method": request.method})
+    return error_response(500, "internal_error", "the server failed to answer; this has been logged")
+
+
+async def readiness_problem(kibitz: Kibitz) -> str | None:
+    """The name of the first backing service that does not answer, or None when all do."""
+    if not kibitz.ready:
+        return "kibitz (starting or stopping)"
+
+    async def database() -> None:
+        async with kibitz.engine.connect() as db:
+            await db.execute(sa.text("SELECT 1"))
+
+    checks = [
+        ("database", database()),
+        (f"transport {kibitz.settings.transport}", kibitz.transport.check()),
+        (f"storage {kibitz.settings.storage}", kibitz.storage.check()),
+    ]
+    for name, check in checks:
+        try:
+            await asyncio.wait_for(check, CHECK_TIMEOUT)
+        except Exception as e:
+            for _, pending in checks:
+                pending.close()
+            return f"{name}: {type(e).__name__}: {e}".rstrip(": ")
+    return None
+
+
+def register(app: Sanic, kibitz: Kibitz) -> None:
+    app.error_handler.add(Exception, handle_error)
+
+    async def healthz(request: Request) -> HTTPResponse:
+        return json({"status": "ok"})
+
+    async def readyz(request: Request) -> HTTPResponse:
+        problem = await readiness_problem(kibitz)
+        if problem:
+            return error_response(503, "unavailable", f"not ready: {problem}")
+        return json({"status": "ready"})
+
+    async def metrics(request: Request) -> HTTPResponse:
+        return raw(kibitz.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def discovery(request: Request) -> HTTPResponse:
+        me = {"id": kibitz.instance_id, "url": kibitz.settings.url, "connections": kibitz.hub.count}
+        return json({"servers": [me], "recommended": me["url"]})
+
+    document = orjson.dumps(openapi_document())
+
+    async def openapi(request: Request) -> HTTPResponse:
+        return json(document)
+
+    app.add_route(healthz, "/healthz", methods=["GET"], name="healthz")
+    app.add_route(readyz, "/readyz", methods=["GET"], name="readyz")
+    app.add_route(metrics, "/metrics", methods=["GET"], name="metrics")
+    app.add_route(discovery, PREFIX + "/discovery", methods=["GET"], name="discovery")
+    app.add_route(openapi, PREFIX + "/openapi.json", methods=["GET"], name="openapi")

@@ -1,0 +1,196 @@
+"""Configuration: a TOML file, each key overridable by an environment variable.
+
+Core keys sit at the top level of the file (``port = 8000``) and are overridden by
+``KIBITZ_<KEY>`` (``KIBITZ_PORT``). A plugin's keys sit in a table named after it
+(``[nats] url = "..."``) and are overridden by ``KIBITZ_<PLUGIN>_<KEY>``
+(``KIBITZ_NATS_URL``). Bad values raise ``ConfigError`` naming where they came from.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+REGISTRATION_MODES = ("open", "closed")
+
+
+class PluginSettings(Mapping[str, Any]):
+    """One plugin's settings: its TOML table, overridden by ``KIBITZ_<PLUGIN>_<KEY>``.
+
+    Values from the environment are strings; plugins convert them with the helpers below,
+    which name the source of a bad value in the ``ConfigError``.
+    """
+
+    def __init__(self, plugin: str, table: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+        self.plugin = plugin
+        prefix = f"KIBITZ_{plugin.upper()}_"
+        self._values = dict(table)
+        self._sources = {key: f"[{plugin}] {key}" for key in table}
+        for name, value in environ.items():
+            if name.startswith(prefix) and len(name) > len(prefix):
+                key = name[len(prefix) :].lower()
+                self._values[key] = value
+                self._sources[key] = name
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def source(self, key: str) -> str:
+        return self._sources.get(key, f"[{self.plugin}] {key}")
+
+    def integer(self, key: str, default: int, minimum: int = 0) -> int:
+        return _integer(self.source(key), self.get(key, default), minimum)
+
+    def duration(self, key: str, default: float) -> float:
+        return _duration(self.source(key), self.get(key, default))
+
+    def size(self, key: str, default: int) -> int:
+        return _size(self.source(key), self.get(key, default))
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = str(self.get(key, default))
+        if value not in choices:
+            raise ConfigError(f"{self.source(key)}={value!r}: must be one of {', '.join(choices)}")
+        return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("kibitz-data")
+    public_url: str = ""
+    database_url: str = ""
+    registration: str = "open"
+    transport: str = "nats"
+    storage: str = "redis"
+    ids: str = "snowflake"
+    notify: tuple[str, ...] = ("log",)
+    plugins: tuple[str, ...] = ()
+    rate_limits: bool = True
+    max_message_chars: int = 4000
+    max_frame_bytes: int = 65536
+    log_level: str = "INFO"
+    tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    environ: Mapping[str, str] = field(default_factory=dict)
+
+    def plugin(self, name: str) -> PluginSettings:
+        """The settings of plugin ``name``."""
+        return PluginSettings(name, self.tables.get(name, {}), self.environ)
+
+    @property
+    def url(self) -> str:
+        """The URL clients use for this instance."""
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'kibitz.sqlite3').resolve()}"
+
+
+def load_settings(config: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file (``config`` or ``KIBITZ_CONFIG``, optional) and the environment."""
+    env = dict(os.environ if environ is None else environ)
+    path = config or env.get("KIBITZ_CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as e:
+            raise ConfigError(f"config file {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path}: {e}") from None
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    top = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    known = set(Settings.__dataclass_fields__) - {"tables", "environ"}
+    for key in top:
+        if key not in known:
+            raise ConfigError(f"config file {path}: unknown key {key!r}")
+
+    def get(key: str, default: Any) -> tuple[str, Any]:
+        name = f"KIBITZ_{key.upper()}"
+        if name in env:
+            return name, env[name]
+        return f"{path}: {key}", top.get(key, default)
+
+    d = Settings()
+    values: dict[str, Any] = {}
+    for key in ("host", "public_url", "database_url", "transport", "storage", "ids", "log_level"):
+        values[key] = str(get(key, getattr(d, key))[1]).strip()
+    values["port"] = _integer(*get("port", d.port), 0, 65535)
+    values["data_dir"] = Path(str(get("data_dir", d.data_dir)[1]))
+    values["max_message_chars"] = _integer(*get("max_message_chars", d.max_message_chars), 1)
+    values["max_frame_bytes"] = _integer(*get("max_frame_bytes", d.max_frame_bytes), 1024)
+    for key in ("notify", "plugins"):
+        values[key] = _names(get(key, getattr(d, key))[1])
+    source, registration = get("registration", d.registration)
+    if registration not in REGISTRATION_MODES:
+        raise ConfigError(f"{source}={registration!r}: must be one of {', '.join(REGISTRATION_MODES)}")
+    values["registration"] = registration
+    source, limits = get("rate_limits", "on")
+    if str(limits).lower() not in ("on", "off", "true", "false", "1", "0"):
+        raise ConfigError(f"{source}={limits!r}: must be on or off")
+    values["rate_limits"] = str(limits).lower() in ("on", "true", "1")
+    if values["public_url"] and not values["public_url"].startswith(("http://", "https://")):
+        raise ConfigError(f"KIBITZ_PUBLIC_URL={values['public_url']!r}: must start with http:// or https://")
+    values["public_url"] = values["public_url"].rstrip("/")
+    return Settings(**values, tables=tables, environ=env)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    return tuple(n.strip() for n in items if str(n).strip())
+
+
+def _integer(source: str, value: Any, minimum: int = 0, maximum: int | None = None) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}={value!r}: not an integer") from None
+    if number < minimum or (maximum is not None and number > maximum):
+        bound = f"{minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+        raise ConfigError(f"{source}={value!r}: must be {bound}")
+    return number
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE_UNITS = {"b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
+
+
+def _duration(source: str, value: Any) -> float:
+    """``90``, ``"90s"``, ``"15m"``, ``"12h"`` or ``"30d"`` as seconds."""
+    text = str(value).strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:], 0)
+    try:
+        seconds = float(text[:-1]) * unit if unit else float(text)
+    except ValueError:
+        raise ConfigError(f"{source}={value!r}: not a duration like 90s, 15m, 12h or 30d") from None
+    if seconds < 0:
+        raise ConfigError(f"{source}={value!r}: must not be negative")
+    return seconds
+
+
+def _size(source: str, value: Any) -> int:
+    """``1048576``, ``"512MB"`` or ``"10GB"`` as bytes."""
+    text = str(value).strip().lower()
+    digits = text.rstrip("kmgb")
+    unit = _SIZE_UNITS.get(text[len(digits) :] or "b")
+    try:
+        number = float(digits)
+    except ValueError:
+        number = -1
+    if unit is None or number < 0:
+        raise ConfigError(f"{source}={value!r}: not a size like 1048576, 512MB or 10GB")
+    return int(number * unit)

@@ -1,0 +1,162 @@
+"""The four slots: the moving parts the core knows only through these protocols.
+
+A plugin fills a slot by returning one of these objects from its ``register_*`` hook
+(see ``hookspecs.py``). The core calls ``start(app)`` once at start-up, in the order
+ids, transport, storage, notifiers, and ``close()`` in reverse order at shutdown. A slot
+never sees HTTP: it gets ints, bytes and the objects of ``kibitz.models``.
+
+Positions are the transport's: ints that grow along the log. The core turns them into
+the opaque cursors clients see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from .models import Conversation, LogEntry, Message
+
+if TYPE_CHECKING:
+    from .app import Kibitz
+
+# (user_id, position, event JSON, committed_at): one event of a user's log, as the live
+# feed hands it over; committed_at is when the transport made it durable (Unix seconds).
+LiveEvent = Callable[[int, int, bytes, float], None]
+# (user_ids, payload): a live-only signal for some users (typing, device revoked).
+LiveSignal = Callable[[tuple[int, ...], bytes], None]
+
+
+class Transport(Protocol):
+    """The message sync queue: durable append, per-user event logs, live feed, resume."""
+
+    # The most users one entry may fan out to (the largest group the server accepts).
+    max_fanout: int
+
+    async def start(self, app: Kibitz) -> None:
+        """Connect (and start any embedded server); return once appends can be made."""
+
+    async def close(self) -> None:
+        """Stop the live feed, flush what is in flight, disconnect."""
+
+    async def check(self) -> None:
+        """Raise if the backing service does not answer (``/readyz``)."""
+
+    async def append(self, entries: Sequence[LogEntry]) -> list[int]:
+        """Append every entry to the logs of its users; return each entry's position.
+
+        All or nothing, and durable (fsynced) when it returns: this is the commit point
+        of a message. Concurrent calls may be committed together (group commit). Entries
+        of one call keep their order in every log.
+        """
+
+    async def now(self) -> int:
+        """The position of now: every event appended before this call is at or before it."""
+
+    async def read(self, user_id: int, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` events of the user's log after ``after``, oldest first.
+
+        Raise ``CursorExpired`` when events after ``after`` may have been dropped by
+        retention.
+        """
+
+    async def messages(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Accepted messages (``LogEntry.message``) after ``after`` in commit order.
+
+        Storage is rebuilt from these. Returns an empty list at the end of the log.
+        """
+
+    def listen(self, on_event: LiveEvent, on_signal: LiveSignal) -> None:
+        """Hand every event appended from now on, by any instance, to ``on_event``, in
+        log order per user, and every signal to ``on_signal``. Called once, before
+        ``start``; keeps going across reconnects of the backing service.
+        """
+
+    async def signal(self, user_ids: Sequence[int], payload: bytes) -> None:
+        """Send a live-only payload to the users' connections on every instance. Never stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message as storage receives it: the keys it indexes by, and its wire JSON."""
+
+    id: int
+    conversation_id: int
+    sender_id: int
+    client_msg_id: str
+    json: bytes
+
+    @classmethod
+    def of(cls, message: Message, json: bytes | None = None) -> StoredMessage:
+        return cls(
+            message.id,
+            message.conversation_id,
+            message.sender_id,
+            message.client_msg_id,
+            json if json is not None else message.to_json(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Messages of one history page, ascending by id, as wire JSON."""
+
+    messages: list[bytes]
+    has_more: bool
+
+
+class Storage(Protocol):
+    """Conversation history: append, range reads by id, counts after a marker."""
+
+    async def start(self, app: Kibitz) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def check(self) -> None:
+        """Raise if the backing service does not answer (``/readyz``)."""
+
+    async def append(self, messages: Sequence[StoredMessage], through: int | None = None) -> None:
+        """Store messages; storing one again changes nothing (idempotent).
+
+        ``through`` is given when the messages are a replay of the transport's log: once
+        they are stored, ``position()`` becomes at least ``through``, atomically with them.
+        """
+
+    async def position(self) -> int:
+        """The transport position through which every message has been stored (0 if none)."""
+
+    async def page(self, conversation_id: int, before: int | None, after: int | None, limit: int) -> Page:
+        """A history page as PROTOCOL.md defines it (neither, before, after, or both bounds)."""
+
+    async def contains(self, conversation_id: int, message_id: int) -> bool: ...
+
+    async def latest(self, conversation_ids: Sequence[int]) -> list[bytes | None]:
+        """The newest message of each conversation, or None where it has none."""
+
+    async def unread_counts(self, queries: Sequence[tuple[int, int, int]]) -> list[int]:
+        """For each ``(conversation_id, user_id, marker)``: messages after ``marker`` not sent by the user."""
+
+    async def find_sent(self, sender_id: int, client_msg_id: str) -> bytes | None:
+        """The message this sender already sent with this ``client_msg_id``, or None."""
+
+
+class IdGenerator(Protocol):
+    """Message ids: time-sortable, unique across instances, at most 2**53."""
+
+    async def start(self, app: Kibitz) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def next_id(self) -> int:
+        """A new id, larger than every id this generator gave before."""
+
+
+class Notifier(Protocol):
+    """Reaches members who have no live connection when a message arrives."""
+
+    async def start(self, app: Kibitz) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def notify(self, message: Message, conversation: Conversation, user_ids: Sequence[int]) -> None:
+        """Tell each of ``user_ids`` (members with no live connection) about ``message``."""

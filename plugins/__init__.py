@@ -1,0 +1,1 @@
+"""The built-in plugins. Each registers through the ``kibitz`` entry-point group, like any other."""

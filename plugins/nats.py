@@ -1,0 +1,374 @@
+"""The ``nats`` transport: NATS JetStream as the message sync queue and the commit point.
+
+One stream, ``KIBITZ``, holds every user's event log:
+
+- ``kibitz.ev.<user_id>``: one JetStream message per event per user. A message to a
+  group of N is N of these (fan-out on write), so a device only ever reads its own
+  user's subject. A position (what cursors encode) is the stream sequence.
+- ``kibitz.msg``: one record per accepted message, in commit order, from which storage
+  is rebuilt.
+
+Group commit: concurrent ``append`` calls are gathered and published as one JetStream
+*atomic batch* (``allow_atomic``), which nats-server stores all-or-nothing with one
+fsync. The embedded server runs with ``sync_interval: always``, so the batch's ack
+means every event in it is on disk; an external server must be set up the same way.
+nats-server caps an atomic batch at 1,000 messages, so one message fans out to at most
+999 users (``max_fanout``), the largest group Kibitz accepts.
+
+Reads use batched direct gets (``allow_direct``) filtered by subject: no consumer state
+per device. The live feed is one ordered push consumer per instance on
+``kibitz.ev.>``, re-created from the last seen position when NATS restarts. Typing and
+other live-only signals go over core NATS on ``kibitz.signal`` and are never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nats
+import orjson
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
+
+from kibitz import (
+    ChildProcess,
+    ConfigError,
+    CursorExpired,
+    LiveEvent,
+    LiveSignal,
+    LogEntry,
+    PluginSettings,
+    find_binary,
+    free_port,
+    hookimpl,
+)
+
+log = logging.getLogger("kibitz.nats")
+
+STREAM = "KIBITZ"
+EVENTS = "kibitz.ev"
+RECORDS = "kibitz.msg"
+SIGNALS = "kibitz.signal"
+MAX_BATCH = 1000  # nats-server's limit on one atomic batch
+BATCHES_IN_FLIGHT = 4
+COMMIT_TIMEOUT = 10.0
+REQUEST_TIMEOUT = 5.0
+DIRECT_GET_MAX_BYTES = 4 * 1024 * 1024
+
+
+@hookimpl
+def register_transport(name: str, settings: PluginSettings) -> NatsTransport | None:
+    return NatsTransport(settings) if name == "nats" else None
+
+
+class NatsTransport:
+    """The Transport slot on NATS JetStream (see the module docstring)."""
+
+    max_fanout = MAX_BATCH - 1
+
+    def __init__(self, settings: PluginSettings) -> None:
+        url = str(settings.get("url", "embedded")).strip()
+        self.embedded = url in ("", "embedded")
+        self.servers = [] if self.embedded else [u.strip() for u in url.split(",") if u.strip()]
+        for server in self.servers:
+            if not server.startswith(("nats://", "tls://", "ws://", "wss://")):
+                raise ConfigError(f"{settings.source('url')}={url!r}: expected 'embedded' or nats:// URLs")
+        self.retention_age = settings.duration("retention_age", "30d")
+        self.retention_bytes = settings.size("retention_bytes", "10GB")
+        self.child: ChildProcess | None = None
+        self.nc: Any = None
+        self._pending: deque[tuple[Sequence[LogEntry], asyncio.Future[list[int]]]] = deque()
+        self._wake = asyncio.Event()
+        self._committer: asyncio.Task[None] | None = None
+        self._in_flight = asyncio.Semaphore(BATCHES_IN_FLIGHT)
+        self._batches: set[asyncio.Task[None]] = set()
+        self._on_event: LiveEvent | None = None
+        self._on_signal: LiveSignal | None = None
+        self._replies: dict[str, asyncio.Queue[Msg]] = {}
+        self._reply_prefix = ""
+        self._tokens = itertools.count()
+        self._first_seq = (0.0, 0)  # (checked at, stream's first sequence)
+        self._feed: Any = None
+        self._closing = False
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self, app: Any) -> None:
+        if self.embedded:
+            self.child = await _start_embedded(Path(app.data_dir) / "nats")
+            self.servers = [f"nats://127.0.0.1:{self.child.port}"]
+        self.nc = await nats.connect(
+            servers=self.servers,
+            name=f"kibitz {app.instance_id}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            connect_timeout=REQUEST_TIMEOUT,
+            allow_reconnect=True,
+            error_cb=_log_nats_error,
+            disconnected_cb=_log_state("nats_disconnected"),
+            reconnected_cb=_log_state("nats_reconnected"),
+            pending_size=64 * 1024 * 1024,
+        )
+        await self._ensure_stream()
+        self._reply_prefix = f"_INBOX.kibitz.{uuid.uuid4().hex}"
+        await self.nc.subscribe(f"{self._reply_prefix}.*", cb=self._route_reply)
+        if self._on_signal is not None:
+            await self.nc.subscribe(SIGNALS, cb=self._receive_signal)
+        if self._on_event is not None:
+            await self._start_feed()
+        self._committer = asyncio.create_task(self._commit_loop(), name="nats-committer")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._committer:
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+        if self._batches:
+            await asyncio.gather(*self._batches, return_exceptions=True)
+        for _, future in self._pending:
+            if not future.done():
+                future.set_exception(ConnectionError("transport closed"))
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        if self.child:
+            await self.child.stop()
+
+    async def check(self) -> None:
+        if self.nc is None or not self.nc.is_connected:
+            raise ConnectionError("not connected to NATS")
+        await self.nc.jetstream().stream_info(STREAM)
+
+    async def _ensure_stream(self) -> None:
+        config = StreamConfig(
+            name=STREAM,
+            subjects=[f"{EVENTS}.*", RECORDS],
+            storage=StorageType.FILE,
+            max_age=self.retention_age or None,
+            max_bytes=self.retention_bytes or -1,
+            discard=DiscardPolicy.OLD,
+            allow_direct=True,
+            allow_atomic=True,
+            num_replicas=1,
+        )
+        js = self.nc.jetstream()
+        try:
+            await js.stream_info(STREAM)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(config)
+        else:
+            await js.update_stream(config)
+
+    # -- appending (group commit) ----------------------------------------------
+
+    async def append(self, entries: Sequence[LogEntry]) -> list[int]:
+        size = _batch_size(entries)
+        if size > MAX_BATCH:
+            raise ValueError(f"{size} log messages in one append; at most {MAX_BATCH}")
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._pending.append((entries, future))
+        self._wake.set()
+        return await future
+
+    async def _commit_loop(self) -> None:
+        """Take what is pending, as much as fits one atomic batch, and commit it; repeat."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                await self._in_flight.acquire()
+                batch: list[tuple[Sequence[LogEntry], asyncio.Future[list[int]]]] = []
+                size = 0
+                while self._pending and size + _batch_size(self._pending[0][0]) <= MAX_BATCH:
+                    item = self._pending.popleft()
+                    batch.append(item)
+                    size += _batch_size(item[0])
+                task = asyncio.create_task(self._commit(batch))
+                self._batches.add(task)
+                task.add_done_callback(self._batches.discard)
+
+    async def _commit(self, batch: list[tuple[Sequence[LogEntry], asyncio.Future[list[int]]]]) -> None:
+        try:
+            messages: list[tuple[str, bytes]] = []
+            ends: list[list[int]] = []  # per append call: the index of each entry's last message
+            for entries, _ in batch:
+                marks = []
+                for entry in entries:
+                    messages.extend((f"{EVENTS}.{user_id}", entry.event) for user_id in entry.user_ids)
+                    if entry.message is not None:
+                        messages.append((RECORDS, entry.message))
+                    marks.append(len(messages) - 1)
+                ends.append(marks)
+            last_seq = await self._publish_atomic(messages)
+            first_seq = last_seq - len(messages) + 1
+            for (_, future), marks in zip(batch, ends, strict=True):
+                if not future.done():
+                    future.set_result([first_seq + mark for mark in marks])
+        except Exception as e:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(e)
+        finally:
+            self._in_flight.release()
+
+    async def _publish_atomic(self, messages: list[tuple[str, bytes]]) -> int:
+        """Publish ``messages`` as one atomic batch; return the stream sequence of the last."""
+        batch_id = uuid.uuid4().hex[:22]
+        publish = self.nc.publish
+        for number, (subject, payload) in enumerate(messages[:-1], 1):
+            await publish(
+                subject, payload, headers={"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(number)}
+            )
+        subject, payload = messages[-1]
+        headers = {
+            "Nats-Batch-Id": batch_id,
+            "Nats-Batch-Sequence": str(len(messages)),
+            "Nats-Batch-Commit": "1",
+        }
+        reply = await self.nc.request(subject, payload, headers=headers, timeout=COMMIT_TIMEOUT)
+        ack = orjson.loads(reply.data)
+        if "error" in ack:
+            raise ConnectionError(f"JetStream refused the batch: {ack['error'].get('description')}")
+        seq: int = ack["seq"]
+        return seq
+
+    # -- reading -----------------------------------------------------------------
+
+    async def now(self) -> int:
+        info = await self.nc.jetstream().stream_info(STREAM)
+        last: int = info.state.last_seq
+        return last
+
+    async def read(self, user_id: int, after: int, limit: int) -> list[tuple[int, bytes]]:
+        events = await self._direct_get(f"{EVENTS}.{user_id}", after + 1, limit)
+        if after + 1 < await self._stream_first_seq():
+            raise CursorExpired(f"position {after} is older than the retained events")
+        return events
+
+    async def messages(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        return await self._direct_get(RECORDS, after + 1, limit)
+
+    async def _stream_first_seq(self) -> int:
+        """The stream's first sequence, looked up at most once a second."""
+        checked, first = self._first_seq
+        if time.monotonic() - checked > 1.0:
+            info = await self.nc.jetstream().stream_info(STREAM)
+            first = info.state.first_seq
+            self._first_seq = (time.monotonic(), first)
+        return first
+
+    async def _direct_get(self, subject: str, start: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` messages on ``subject`` from sequence ``start``, via a batched direct get."""
+        token = str(next(self._tokens))
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._replies[token] = queue
+        request = {"seq": start, "next_by_subj": subject, "batch": limit, "max_bytes": DIRECT_GET_MAX_BYTES}
+        found: list[tuple[int, bytes]] = []
+        try:
+            await self.nc.publish(
+                f"$JS.API.DIRECT.GET.{STREAM}", orjson.dumps(request), reply=f"{self._reply_prefix}.{token}"
+            )
+            while True:
+                msg = await asyncio.wait_for(queue.get(), REQUEST_TIMEOUT)
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status in ("204", "404"):  # end of batch / nothing there
+                    return found
+                if status:
+                    raise ConnectionError(f"direct get answered {status} {headers.get('Description', '')}")
+                found.append((int(headers["Nats-Sequence"]), msg.data))
+        finally:
+            del self._replies[token]
+
+    async def _route_reply(self, msg: Msg) -> None:
+        queue = self._replies.get(msg.subject.rsplit(".", 1)[-1])
+        if queue is not None:
+            queue.put_nowait(msg)
+
+    # -- live delivery -------------------------------------------------------------
+
+    def listen(self, on_event: LiveEvent, on_signal: LiveSignal) -> None:
+        self._on_event = on_event
+        self._on_signal = on_signal
+
+    async def _start_feed(self) -> None:
+        """One ordered consumer for this instance, from the position of now onwards.
+
+        nats-py's ordered consumer watches idle heartbeats and sequence gaps and re-creates
+        itself from the last delivered stream sequence, so a NATS restart loses nothing.
+        """
+        start = await self.now() + 1
+        self._feed = await self.nc.jetstream().subscribe(
+            f"{EVENTS}.>",
+            stream=STREAM,
+            cb=self._receive_event,
+            ordered_consumer=True,
+            idle_heartbeat=1.0,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            config=nats.js.api.ConsumerConfig(opt_start_seq=start),
+            pending_msgs_limit=1_000_000,
+            pending_bytes_limit=256 * 1024 * 1024,
+        )
+
+    async def _receive_event(self, msg: Msg) -> None:
+        assert self._on_event is not None
+        meta = msg.metadata
+        user_id = int(msg.subject[len(EVENTS) + 1 :])
+        self._on_event(user_id, meta.sequence.stream, msg.data, meta.timestamp.timestamp())
+
+    async def signal(self, user_ids: Sequence[int], payload: bytes) -> None:
+        await self.nc.publish(SIGNALS, ",".join(map(str, user_ids)).encode() + b"\n" + payload)
+
+    async def _receive_signal(self, msg: Msg) -> None:
+        assert self._on_signal is not None
+        head, _, payload = msg.data.partition(b"\n")
+        self._on_signal(tuple(int(u) for u in head.split(b",") if u), payload)
+
+
+def _batch_size(entries: Sequence[LogEntry]) -> int:
+    return sum(len(e.user_ids) + (e.message is not None) for e in entries)
+
+
+async def _start_embedded(folder: Path) -> ChildProcess:
+    """nats-server with JetStream in ``folder``, fsyncing every write, on a free loopback port."""
+    port = free_port()
+    config = await asyncio.to_thread(_write_config, folder, port)
+    child = ChildProcess(
+        "nats-server", [find_binary("nats-server"), "-c", str(config)], port, folder / "nats-server.log"
+    )
+    await child.start()
+    return child
+
+
+def _write_config(folder: Path, port: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "nats-server.conf"
+    config.write_text(
+        "# Written by Kibitz at every start of the embedded server.\n"
+        f'listen: "127.0.0.1:{port}"\n'
+        'server_name: "kibitz-embedded"\n'
+        "max_payload: 1MB\n"
+        f'jetstream {{\n  store_dir: "{folder / "jetstream"}"\n  sync_interval: always\n}}\n'
+    )
+    return config
+
+
+async def _log_nats_error(error: Exception) -> None:
+    log.warning("nats_error", extra={"error": f"{type(error).__name__}: {error}"})
+
+
+def _log_state(event: str) -> Any:
+    async def callback() -> None:
+        log.warning(event)
+
+    return callback

