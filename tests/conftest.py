@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from kibitz.supervisor import ChildProcess, find_binary, free_port
+
+from .kibitz_client import Client, Server, make_server
 
 
 @pytest.fixture(scope="session")
@@ -73,3 +75,24 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if not url:
         pytest.skip("KIBITZ_TEST_DATABASE_URL is not set")
     return url
+
+
+@pytest.fixture(scope="session")
+def server(nats_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One real ``kibitz serve`` for the session, on the shared NATS and Redis, with the example plugin."""
+    server = make_server(
+        tmp_path_factory.mktemp("kibitz") / "data",
+        KIBITZ_NATS_URL=nats_url,
+        KIBITZ_REDIS_URL=redis_url,
+        KIBITZ_PLUGINS="example",
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def client(server: Server) -> AsyncIterator[Client]:
+    client = Client(server)
+    yield client
+    await client.close()

@@ -1,0 +1,243 @@
+"""Test helpers that speak only the public protocol: start a real ``kibitz serve``, sign up,
+log in, call HTTP and talk WebSocket. Every wait has a deadline; nothing sleeps blindly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import websockets
+
+from kibitz.supervisor import free_port
+
+KIBITZ = str(Path(sys.executable).parent / "kibitz")
+PASSWORD = "correct horse battery"
+_numbers = itertools.count()
+
+
+@dataclass
+class Server:
+    """A ``kibitz serve`` child process."""
+
+    url: str
+    data_dir: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(default_factory=Path)
+
+    @property
+    def api(self) -> str:
+        return self.url + "/api/v1"
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http", "ws", 1) + "/api/v1/ws"
+
+    def start(self, timeout: float = 60) -> None:
+        """Start (or start again) and wait for /readyz."""
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-{next(_numbers)}.log"
+        with open(self.log_path, "wb") as out:
+            self.process = subprocess.Popen(
+                [KIBITZ, "serve"], env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"kibitz exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"kibitz not ready in {timeout} s:\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, group: bool = False, timeout: float = 30) -> int:
+        """Send ``sig`` (to the whole process group if ``group``) and wait for the exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            if group:
+                os.killpg(self.process.pid, sig)
+            else:
+                self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+            raise
+
+
+def make_server(data_dir: Path, **env: str) -> Server:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    full = {
+        **os.environ,
+        "KIBITZ_HOST": "127.0.0.1",
+        "KIBITZ_PORT": str(port),
+        "KIBITZ_DATA_DIR": str(data_dir),
+        "KIBITZ_PUBLIC_URL": url,
+        "KIBITZ_REGISTRATION": "open",
+        **env,
+    }
+    return Server(url=url, data_dir=data_dir, env=full)
+
+
+@dataclass
+class Session:
+    """A logged-in device."""
+
+    token: str
+    user: dict[str, str]
+    device: dict[str, str]
+
+    @property
+    def id(self) -> str:
+        return self.user["id"]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+class Client:
+    """HTTP calls against one server, as a test needs them."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.http = httpx.AsyncClient(base_url=server.api, timeout=30)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def sign_up(self, name: str | None = None, **extra: Any) -> tuple[str, dict[str, str]]:
+        name = name or "u" + uuid.uuid4().hex[:12]
+        r = await self.http.post("/accounts", json={"username": name, "password": PASSWORD, **extra})
+        assert r.status_code == 201, r.text
+        return name, r.json()["user"]
+
+    async def log_in(self, name: str, device_name: str = "test device") -> Session:
+        r = await self.http.post(
+            "/sessions", json={"username": name, "password": PASSWORD, "device_name": device_name}
+        )
+        assert r.status_code == 201, r.text
+        body = r.json()
+        return Session(body["token"], body["user"], body["device"])
+
+    async def user(self, **extra: Any) -> Session:
+        """A new user with one device."""
+        name, _ = await self.sign_up(**extra)
+        return await self.log_in(name)
+
+    async def direct(self, a: Session, b: Session) -> str:
+        r = await self.http.post(
+            "/conversations", json={"type": "direct", "members": [b.id]}, headers=a.headers
+        )
+        assert r.status_code in (200, 201), r.text
+        return str(r.json()["conversation"]["id"])
+
+    async def group(self, creator: Session, members: list[Session], name: str = "group") -> str:
+        body = {"type": "group", "name": name, "members": [m.id for m in members]}
+        r = await self.http.post("/conversations", json=body, headers=creator.headers)
+        assert r.status_code == 201, r.text
+        return str(r.json()["conversation"]["id"])
+
+    async def send(
+        self, who: Session, cid: str, body: str, client_msg_id: str | None = None
+    ) -> dict[str, Any]:
+        payload = {"body": body, "client_msg_id": client_msg_id or uuid.uuid4().hex}
+        r = await self.http.post(f"/conversations/{cid}/messages", json=payload, headers=who.headers)
+        assert r.status_code in (200, 201), r.text
+        message: dict[str, Any] = r.json()["message"]
+        return message
+
+    async def history(self, who: Session, cid: str, **params: Any) -> dict[str, Any]:
+        r = await self.http.get(f"/conversations/{cid}/messages", params=params, headers=who.headers)
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    async def sync(self, who: Session, since: str | None = None, **params: Any) -> dict[str, Any]:
+        if since is not None:
+            params["since"] = since
+        r = await self.http.get("/sync", params=params, headers=who.headers, timeout=90)
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    async def drain_sync(self, who: Session, since: str) -> tuple[list[dict[str, Any]], str]:
+        """Every event after ``since`` (following has_more) and the last cursor."""
+        events: list[dict[str, Any]] = []
+        while True:
+            page = await self.sync(who, since, limit=1000)
+            events += page["events"]
+            since = page["cursor"]
+            if not page["has_more"]:
+                return events, since
+
+
+class Socket:
+    """A WebSocket connection after ``hello``/``ready``."""
+
+    def __init__(self, ws: Any, ready: dict[str, Any]) -> None:
+        self.ws = ws
+        self.ready = ready
+        self.cursor: str = ready["cursor"]
+
+    @classmethod
+    async def open(cls, server: Server, session: Session, since: str | None = None) -> Socket:
+        ws = await websockets.connect(server.ws_url, max_size=2**22)
+        hello: dict[str, Any] = {"type": "hello", "token": session.token}
+        if since is not None:
+            hello["since"] = since
+        await ws.send(orjson.dumps(hello).decode())
+        ready = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert ready["type"] == "ready", ready
+        return cls(ws, ready)
+
+    async def send_json(self, frame: dict[str, Any]) -> None:
+        await self.ws.send(orjson.dumps(frame).decode())
+
+    async def recv(self, timeout: float = 10) -> dict[str, Any]:
+        frame: dict[str, Any] = orjson.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+        if frame.get("cursor"):
+            self.cursor = frame["cursor"]
+        return frame
+
+    async def until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10) -> dict[str, Any]:
+        """The first frame that matches, within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = await self.recv(max(0.01, deadline - time.monotonic()))
+            if predicate(frame):
+                return frame
+
+    async def messages(self, count: int, timeout: float = 20) -> list[dict[str, Any]]:
+        """The next ``count`` message events' messages."""
+        found: list[dict[str, Any]] = []
+        while len(found) < count:
+            frame = await self.until(
+                lambda f: f["type"] == "event" and f["event"]["type"] == "message", timeout
+            )
+            found.append(frame["event"]["message"])
+        return found
+
+    async def close(self) -> None:
+        await self.ws.close()
