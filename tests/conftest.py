@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -77,15 +79,63 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "relational: run the module's tests on SQLite and on PostgreSQL")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``relational`` that use a server run once per database."""
+    if "client" in metafunc.fixturenames and metafunc.definition.get_closest_marker("relational"):
+        metafunc.parametrize("database", ["sqlite", "postgresql"], indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def server(nats_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One real ``kibitz serve`` for the session, on the shared NATS and Redis, with the example plugin."""
-    server = make_server(
-        tmp_path_factory.mktemp("kibitz") / "data",
-        KIBITZ_NATS_URL=nats_url,
-        KIBITZ_REDIS_URL=redis_url,
-        KIBITZ_PLUGINS="example",
-    )
+async def database(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """``sqlite``, or the URL of a fresh PostgreSQL database made from KIBITZ_TEST_DATABASE_URL."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield "sqlite"
+        return
+    base = os.environ.get("KIBITZ_TEST_DATABASE_URL")
+    if not base:
+        pytest.skip("KIBITZ_TEST_DATABASE_URL is not set")
+    async with fresh_postgres_database(base) as url:
+        yield url
+
+
+@asynccontextmanager
+async def fresh_postgres_database(base_url: str) -> AsyncIterator[str]:
+    """A new, empty database on the server of ``base_url``, dropped afterwards."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(base_url)
+    name = f"kibitz_test_{uuid.uuid4().hex[:12]}"
+    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def server(
+    database: str, nats_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A real ``kibitz serve`` for the session, with the example plugin enabled.
+
+    On SQLite it uses the session's NATS and Redis; the PostgreSQL one (for ``relational``
+    tests) runs embedded NATS and Redis of its own, so the two never share a log.
+    """
+    data = tmp_path_factory.mktemp("kibitz") / "data"
+    if database == "sqlite":
+        server = make_server(
+            data, KIBITZ_NATS_URL=nats_url, KIBITZ_REDIS_URL=redis_url, KIBITZ_PLUGINS="example"
+        )
+    else:
+        server = make_server(data, KIBITZ_DATABASE_URL=database, KIBITZ_PLUGINS="example")
     server.start()
     yield server
     server.stop()
