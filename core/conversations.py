@@ -125,7 +125,7 @@ class Conversations:
                 .scalars()
                 .all()
             )
-        items = [c for c in [await self.get(i) for i in ids] if c is not None]
+        items = list((await self.get_many(ids)).values())
         views = await self.views(user_id, items)
 
         def activity(view: dict[str, object]) -> tuple[str, int]:

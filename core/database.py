@@ -119,4 +119,6 @@ async def migrate(engine: AsyncEngine) -> None:
         command.upgrade(config, "head")
 
     async with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":  # instances starting together migrate one at a time
+            await connection.execute(sa.text("SELECT pg_advisory_xact_lock(7160425)"))
         await connection.run_sync(upgrade)

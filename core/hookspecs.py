@@ -87,8 +87,8 @@ def wrap_send(
     refuses the message with 403 ``forbidden`` and ``reason`` as the error message; the
     accepted ``Message`` is sent back into the ``yield``. Wrappers run in the order the
     operator lists plugins in ``KIBITZ_PLUGINS``. Any other exception is logged and that
-    wrapper skipped. An idempotent resend of an accepted message does not call it. Added
-    in 0.1.
+    wrapper skipped. An idempotent resend of an accepted message does not call it.
+    Added in 0.1.
 
     Example::
 

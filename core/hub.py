@@ -32,6 +32,9 @@ class LiveConnection(Protocol):
     def revoke(self) -> None:
         """The device's token was revoked: close with 4401."""
 
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection after what is already queued for it."""
+
 
 class Hub:
     def __init__(self, metrics: Metrics, forget_conversation: Callable[[int], None]) -> None:

@@ -16,8 +16,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -132,8 +132,9 @@ class Messages:
         self._after(self._accepted(wrappers, message, conversation))
         return message, data
 
-    def _after(self, work: asyncio.Future[None] | asyncio.Task[None] | object) -> None:
-        task = asyncio.ensure_future(work)  # type: ignore[arg-type]
+    def _after(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` beside the send path; ``drain`` waits for it at shutdown."""
+        task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

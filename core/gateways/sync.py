@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import TYPE_CHECKING
 
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse
@@ -17,6 +18,9 @@ from sanic.response import HTTPResponse
 from ..api import PREFIX, authenticate, int_query, json
 from ..errors import CursorExpired, CursorGone, InvalidRequest
 from ..models import User
+
+if TYPE_CHECKING:
+    from ..app import Kibitz
 
 MAX_LIMIT = 1000
 MAX_TIMEOUT = 60
@@ -31,10 +35,10 @@ class Backlog:
         self.has_more = has_more
 
 
-async def read_backlog(kibitz: object, user_id: int, after: int, limit: int) -> Backlog:
+async def read_backlog(kibitz: Kibitz, user_id: int, after: int, limit: int) -> Backlog:
     """Up to ``limit`` events after ``after``; raise ``CursorExpired`` if retention dropped some."""
-    live_position = kibitz.hub.position  # type: ignore[attr-defined]
-    events = await kibitz.transport.read(user_id, after, limit + 1)  # type: ignore[attr-defined]
+    live_position = kibitz.hub.position
+    events = await kibitz.transport.read(user_id, after, limit + 1)
     has_more = len(events) > limit
     events = events[:limit]
     position = events[-1][0] if events else after
@@ -43,11 +47,11 @@ async def read_backlog(kibitz: object, user_id: int, after: int, limit: int) -> 
     return Backlog(events, position, has_more)
 
 
-def decode_cursor(kibitz: object, user: User, cursor: str) -> int:
-    position = kibitz.cursors.decode(user.id, cursor)  # type: ignore[attr-defined]
+def decode_cursor(kibitz: Kibitz, user: User, cursor: str) -> int:
+    position = kibitz.cursors.decode(user.id, cursor)
     if position is None:
         raise InvalidRequest("since: not a cursor this server issued")
-    return int(position)
+    return position
 
 
 async def sync(request: Request) -> HTTPResponse:
@@ -76,8 +80,8 @@ async def sync(request: Request) -> HTTPResponse:
     return _answer(kibitz, user, backlog)
 
 
-def _answer(kibitz: object, user: User, backlog: Backlog) -> HTTPResponse:
-    cursor = kibitz.cursors.encode(user.id, backlog.cursor_position)  # type: ignore[attr-defined]
+def _answer(kibitz: Kibitz, user: User, backlog: Backlog) -> HTTPResponse:
+    cursor = kibitz.cursors.encode(user.id, backlog.cursor_position)
     body = (
         b'{"events":['
         + b",".join(event for _, event in backlog.events)

@@ -280,7 +280,7 @@ async def close_all(kibitz: Kibitz) -> None:
     """Close every WebSocket of this instance with 1001, so clients reconnect elsewhere."""
     for connections in list(kibitz.hub.connections.values()):
         for connection in list(connections):
-            connection.close(CLOSE_GOING_AWAY, "server shutting down")  # type: ignore[attr-defined]
+            connection.close(CLOSE_GOING_AWAY, "server shutting down")
 
 
 def register(app: Sanic) -> None:
