@@ -41,6 +41,10 @@ log = logging.getLogger("kibitz")
 _app_numbers = itertools.count()
 
 
+class StartupError(Exception):
+    """A part of the server could not start; the message names the part."""
+
+
 class Kibitz:
     """Every service of one running instance; plugins get it as ``app``."""
 
@@ -61,6 +65,7 @@ class Kibitz:
         self.accounts = Accounts(self.engine, settings.registration)
         self.conversations = Conversations(self.engine, self.transport, self.storage)
         self.hub = Hub(self.metrics, self.conversations.forget)
+        self.follower = StorageFollower(self.transport, self.storage)
         self.messages = Messages(
             self,
             self.pm,
@@ -70,30 +75,50 @@ class Kibitz:
             self.notifiers,
             settings.max_message_chars,
             self.hub.is_live,
+            self.follower,
         )
-        self.follower = StorageFollower(self.transport, self.storage)
         self.rate_limits = RateLimits(settings.rate_limits)
         self.cursors = Cursors(b"")
         self.ready = False
         self.stopping = asyncio.Event()
         self._started: list[Any] = []
+        self._starting = ""
 
     async def start(self) -> None:
-        """Start every part, in dependency order; storage catches up with the log before ready."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        """Start every part, in dependency order; storage catches up with the log before ready.
+
+        If a part fails, the parts already started are stopped and the error names the part.
+        """
+        try:
+            await self._start_parts()
+        except Exception as e:
+            await self.stop()
+            raise StartupError(f"{self._starting}: {type(e).__name__}: {e}") from e
+        await call_each(self.pm, "startup", app=self)
+        self.ready = True
+        log.info("ready", extra={"url": self.settings.url, "instance": self.instance_id})
+
+    async def _start_parts(self) -> None:
+        self._starting = "database"
+        await asyncio.to_thread(self.data_dir.mkdir, parents=True, exist_ok=True)
         await migrate(self.engine)
         self.cursors = Cursors(await load_cursor_key(self.engine))
         self.transport.listen(self.hub.on_event, self.hub.on_signal)
-        for part in (self.ids, self.transport, self.storage, *self.notifiers):
+        slots = [
+            ("ids", self.settings.ids, self.ids),
+            ("transport", self.settings.transport, self.transport),
+            ("storage", self.settings.storage, self.storage),
+        ]
+        slots += [("notifier", name, n) for name, n in zip(self.settings.notify, self.notifiers, strict=True)]
+        for slot, name, part in slots:
+            self._starting = f"{slot} {name}"
             await part.start(self)
             self._started.append(part)
+        self._starting = "storage catching up with the log"
         caught_up = await self.follower.catch_up()
         if caught_up:
             log.info("storage_caught_up", extra={"messages": caught_up})
         self.follower.start()
-        await call_each(self.pm, "startup", app=self)
-        self.ready = True
-        log.info("ready", extra={"url": self.settings.url, "instance": self.instance_id})
 
     async def drain(self) -> None:
         """Stop taking live connections and let the ones open go (they resume elsewhere)."""
@@ -161,15 +186,15 @@ def create_app(settings: Settings, plugins: Iterable[object] = ()) -> Sanic:
     _register_plugin_routes(app, kibitz)
 
     @app.before_server_start
-    async def _start(app: Sanic, _loop: Any) -> None:
+    async def _start(app: Sanic) -> None:
         await kibitz.start()
 
     @app.before_server_stop
-    async def _drain(app: Sanic, _loop: Any) -> None:
+    async def _drain(app: Sanic) -> None:
         await kibitz.drain()
 
     @app.after_server_stop
-    async def _stop(app: Sanic, _loop: Any) -> None:
+    async def _stop(app: Sanic) -> None:
         await kibitz.stop()
 
     return app

@@ -33,8 +33,14 @@ def serve(settings: Settings) -> int:
     from .app import create_app
 
     app = create_app(settings)
-    logging.getLogger("kibitz").info("starting", extra={"host": settings.host, "port": settings.port})
-    app.run(host=settings.host, port=settings.port, single_process=True, access_log=False, motd=False)
+    log = logging.getLogger("kibitz")
+    log.info("starting", extra={"host": settings.host, "port": settings.port})
+    try:
+        app.run(host=settings.host, port=settings.port, single_process=True, access_log=False, motd=False)
+    except Exception as e:
+        log.error("start_failed", extra={"error": f"{type(e).__name__}: {e}"})
+        print(f"kibitz: could not start: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

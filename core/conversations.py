@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .database import conversations, members
-from .errors import Forbidden, InvalidRequest, NotFound
+from .errors import Forbidden, InvalidRequest, NotFound, Unavailable
 from .models import Conversation, LogEntry, rfc3339
 from .slots import Storage, Transport
 
@@ -252,7 +252,7 @@ class Conversations:
             event = orjson.dumps(
                 {"type": "read", "conversation_id": str(conversation.id), "message_id": str(message_id)}
             )
-            await self.transport.append([LogEntry((user_id,), event)])
+            await self._append([LogEntry((user_id,), event)])
 
     async def announce(self, conversation: Conversation, user_ids: Sequence[int]) -> None:
         """Write a ``conversation`` event, as each user sees it, into each user's log."""
@@ -263,7 +263,13 @@ class Conversations:
             for uid, view in zip(user_ids, views, strict=True)
         ]
         for start in range(0, len(entries), self.transport.max_fanout):
-            await self.transport.append(entries[start : start + self.transport.max_fanout])
+            await self._append(entries[start : start + self.transport.max_fanout])
+
+    async def _append(self, entries: Sequence[LogEntry]) -> None:
+        try:
+            await self.transport.append(entries)
+        except Exception as e:
+            raise Unavailable(f"the message queue did not answer: {type(e).__name__}") from None
 
 
 def _conversation(row: sa.Row, member_ids: tuple[int, ...]) -> Conversation:

@@ -34,5 +34,5 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("sanic.access", "sanic.root", "sanic.error", "sanic.server", "sanic.websockets"):
+    for noisy in ("sanic.access", "sanic.root", "sanic.server", "sanic.websockets", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -35,6 +35,7 @@ MAX_CLIENT_MSG_ID = 64
 MAX_PAGE = 200
 FOLLOW_BATCH = 1000
 FOLLOW_INTERVAL = 1.0
+MAX_UNCERTAIN = 10_000
 
 
 class Messages:
@@ -48,6 +49,7 @@ class Messages:
         notifiers: list[Notifier],
         max_chars: int,
         is_live: Callable[[int], bool],
+        follower: StorageFollower,
     ) -> None:
         self.kibitz = kibitz
         self.pm = pm
@@ -57,7 +59,10 @@ class Messages:
         self.notifiers = notifiers
         self.max_chars = max_chars
         self.is_live = is_live
+        self.follower = follower
         self._in_flight: dict[tuple[int, str], asyncio.Future[tuple[Message, bytes]]] = {}
+        # Sends whose append failed without a clear answer: the log may hold them anyway.
+        self._uncertain: dict[tuple[int, str], None] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     def validate(self, body: object, client_msg_id: object) -> tuple[str, str]:
@@ -77,7 +82,7 @@ class Messages:
         if key in self._in_flight:  # the same send, still on its way: share its outcome
             message, data = await asyncio.shield(self._in_flight[key])
             return message, data, False
-        existing = await self.storage.find_sent(sender.id, client_msg_id)
+        existing = await self._find_sent(sender.id, client_msg_id)
         if existing is not None:
             return Message.from_json(existing), existing, False
         future: asyncio.Future[tuple[Message, bytes]] = asyncio.get_running_loop().create_future()
@@ -92,6 +97,17 @@ class Messages:
             raise
         finally:
             del self._in_flight[key]
+
+    async def _find_sent(self, sender_id: int, client_msg_id: str) -> bytes | None:
+        """The message already accepted for this key, if any.
+
+        After an append whose outcome was unknown (a timeout), the message may be in the
+        log but not yet in storage: storage catches up with the log before answering.
+        """
+        if (sender_id, client_msg_id) in self._uncertain:
+            await self.follower.catch_up()
+            del self._uncertain[(sender_id, client_msg_id)]
+        return await self.storage.find_sent(sender_id, client_msg_id)
 
     async def _accept(
         self, sender: User, conversation: Conversation, body: str, client_msg_id: str
@@ -118,6 +134,9 @@ class Messages:
             await self.transport.append([LogEntry(conversation.members, message_event(data), data)])
         except Exception as e:
             await wrappers.abort()
+            self._uncertain[(sender.id, client_msg_id)] = None
+            while len(self._uncertain) > MAX_UNCERTAIN:
+                del self._uncertain[next(iter(self._uncertain))]
             log.warning("append_failed", extra={"error": f"{type(e).__name__}: {e}"})
             raise Unavailable(
                 "the message queue did not accept the message; retry with the same client_msg_id"

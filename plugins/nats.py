@@ -62,6 +62,8 @@ MAX_BATCH = 1000  # nats-server's limit on one atomic batch
 BATCHES_IN_FLIGHT = 4
 COMMIT_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 5.0
+CONNECT_DEADLINE = 30.0
+ERROR_LOG_INTERVAL = 10.0
 DIRECT_GET_MAX_BYTES = 4 * 1024 * 1024
 
 
@@ -106,18 +108,7 @@ class NatsTransport:
         if self.embedded:
             self.child = await _start_embedded(Path(app.data_dir) / "nats")
             self.servers = [f"nats://127.0.0.1:{self.child.port}"]
-        self.nc = await nats.connect(
-            servers=self.servers,
-            name=f"kibitz {app.instance_id}",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            connect_timeout=REQUEST_TIMEOUT,
-            allow_reconnect=True,
-            error_cb=_log_nats_error,
-            disconnected_cb=_log_state("nats_disconnected"),
-            reconnected_cb=_log_state("nats_reconnected"),
-            pending_size=64 * 1024 * 1024,
-        )
+        self.nc = await self._connect(app.instance_id)
         await self._ensure_stream()
         self._reply_prefix = f"_INBOX.kibitz.{uuid.uuid4().hex}"
         await self.nc.subscribe(f"{self._reply_prefix}.*", cb=self._route_reply)
@@ -126,6 +117,28 @@ class NatsTransport:
         if self._on_event is not None:
             await self._start_feed()
         self._committer = asyncio.create_task(self._commit_loop(), name="nats-committer")
+
+    async def _connect(self, instance_id: str) -> Any:
+        """Connect within ``CONNECT_DEADLINE`` seconds; once connected, reconnect forever."""
+        try:
+            return await asyncio.wait_for(
+                nats.connect(
+                    servers=self.servers,
+                    name=f"kibitz {instance_id}",
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.25,
+                    connect_timeout=REQUEST_TIMEOUT,
+                    error_cb=_log_nats_error,
+                    disconnected_cb=_log_state("nats_disconnected"),
+                    reconnected_cb=_log_state("nats_reconnected"),
+                    pending_size=64 * 1024 * 1024,
+                ),
+                CONNECT_DEADLINE,
+            )
+        except TimeoutError:
+            raise ConnectionError(
+                f"cannot reach NATS at {', '.join(self.servers)} within {CONNECT_DEADLINE:.0f} s"
+            ) from None
 
     async def close(self) -> None:
         self._closing = True
@@ -363,8 +376,14 @@ def _write_config(folder: Path, port: int) -> Path:
     return config
 
 
+_last_error_log = [0.0]
+
+
 async def _log_nats_error(error: Exception) -> None:
-    log.warning("nats_error", extra={"error": f"{type(error).__name__}: {error}"})
+    """Log connection errors, at most one line every ``ERROR_LOG_INTERVAL`` seconds."""
+    if time.monotonic() - _last_error_log[0] >= ERROR_LOG_INTERVAL:
+        _last_error_log[0] = time.monotonic()
+        log.warning("nats_error", extra={"error": f"{type(error).__name__}: {error}"})
 
 
 def _log_state(event: str) -> Any:
