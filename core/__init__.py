@@ -1,7 +1,8 @@
 """Kibitz: a self-hosted chat appliance. The public names plugins import."""
 
-from .errors import ConfigError, CursorExpired, Rejected
+from .errors import ConfigError, CursorExpired, Rejected, Unavailable
 from .hookspecs import hookimpl
+from .leases import Lease, Leases, LeaseUnavailable
 from .models import Conversation, Device, Draft, LogEntry, Message, User
 from .settings import PluginSettings
 from .slots import IdGenerator, LiveEvent, LiveSignal, Notifier, Page, Storage, StoredMessage, Transport
@@ -15,6 +16,9 @@ __all__ = [
     "Device",
     "Draft",
     "IdGenerator",
+    "Lease",
+    "LeaseUnavailable",
+    "Leases",
     "LiveEvent",
     "LiveSignal",
     "LogEntry",
@@ -26,6 +30,7 @@ __all__ = [
     "Storage",
     "StoredMessage",
     "Transport",
+    "Unavailable",
     "User",
     "find_binary",
     "free_port",

@@ -44,13 +44,38 @@ def serve(settings: Settings) -> int:
     return 0
 
 
+SLOTS = {
+    "register_transport": "transport",
+    "register_storage": "storage",
+    "register_ids": "ids",
+    "register_notifier": "notify",
+}
+
+
 def plugins(settings: Settings) -> int:
+    """The installed plugins, grouped by the slot they fill (or as extensions)."""
     from .plugin_manager import installed_plugins
 
-    active = {settings.transport, settings.storage, settings.ids, *settings.notify, *settings.plugins}
-    for name, module in sorted(installed_plugins().items()):
-        print(f"{'*' if name in active else ' '} {name:<16} {module}")
-    print("(* active with this configuration)")
+    chosen = {
+        "transport": {settings.transport},
+        "storage": {settings.storage},
+        "ids": {settings.ids},
+        "notify": set(settings.notify),
+        "extension": set(settings.plugins),
+    }
+    rows: dict[str, list[tuple[str, str, list[str]]]] = {group: [] for group in chosen}
+    for name, (module, hooks) in sorted(installed_plugins().items()):
+        slots = [SLOTS[h] for h in hooks if h in SLOTS]
+        others = [h for h in hooks if h not in SLOTS]
+        for group in slots or ["extension"]:
+            rows[group].append((name, module, others if group == "extension" else []))
+    for group, entries in rows.items():
+        print(f"{group}:")
+        for name, module, hooks in entries:
+            mark = "*" if name in chosen[group] else " "
+            extra = f"  ({', '.join(hooks)})" if hooks else ""
+            print(f"  {mark} {name:<14} {module}{extra}")
+    print("* = active with this configuration")
     return 0
 
 

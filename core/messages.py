@@ -98,6 +98,19 @@ class Messages:
         finally:
             del self._in_flight[key]
 
+    def _checked_body(self, body: object) -> str:
+        """A body as a ``wrap_send`` plugin left it, held to the same rules as the sender's."""
+        if not isinstance(body, str) or not body:
+            raise InvalidRequest("a plugin left the message body empty")
+        if len(body) > self.max_chars:
+            raise PayloadTooLarge(f"body: at most {self.max_chars} characters (after plugins)")
+        return body
+
+    def _mark_uncertain(self, sender_id: int, client_msg_id: str) -> None:
+        self._uncertain[(sender_id, client_msg_id)] = None
+        while len(self._uncertain) > MAX_UNCERTAIN:
+            del self._uncertain[next(iter(self._uncertain))]
+
     async def _find_sent(self, sender_id: int, client_msg_id: str) -> bytes | None:
         """The message already accepted for this key, if any.
 
@@ -120,23 +133,26 @@ class Messages:
             )
         except Rejected as e:
             raise Forbidden(e.reason) from None
-        now = time.time()
-        message = Message(
-            id=self.ids.next_id(),
-            conversation_id=conversation.id,
-            sender_id=sender.id,
-            body=draft.body,
-            client_msg_id=client_msg_id,
-            created_at=rfc3339(int(now * 1000)),
-        )
+        try:
+            body = self._checked_body(draft.body)
+            now = time.time()
+            message = Message(
+                id=self.ids.next_id(),
+                conversation_id=conversation.id,
+                sender_id=sender.id,
+                body=body,
+                client_msg_id=client_msg_id,
+                created_at=rfc3339(int(now * 1000)),
+            )
+        except Exception:
+            await wrappers.abort()
+            raise
         data = message.to_json()
         try:
             await self.transport.append([LogEntry(conversation.members, message_event(data), data)])
         except Exception as e:
             await wrappers.abort()
-            self._uncertain[(sender.id, client_msg_id)] = None
-            while len(self._uncertain) > MAX_UNCERTAIN:
-                del self._uncertain[next(iter(self._uncertain))]
+            self._mark_uncertain(sender.id, client_msg_id)
             log.warning("append_failed", extra={"error": f"{type(e).__name__}: {e}"})
             raise Unavailable(
                 "the message queue did not accept the message; retry with the same client_msg_id"
@@ -145,6 +161,7 @@ class Messages:
             await self.storage.append([StoredMessage.of(message, data)])
         except Exception as e:
             # Durable in the log already: the follower stores it once storage answers again.
+            self._mark_uncertain(sender.id, client_msg_id)
             log.warning("storage_append_failed", extra={"error": f"{type(e).__name__}: {e}"})
             raise Unavailable("history storage did not answer; retry with the same client_msg_id") from None
         self.kibitz.metrics.accepted(time.time() - now)

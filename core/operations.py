@@ -54,6 +54,9 @@ async def handle_error(request: Request, exception: Exception) -> HTTPResponse:
         status = exception.status_code
         code = SANIC_CODES.get(status, "invalid_request" if status < 500 else "unavailable")
         return error_response(status, code, str(exception) or code.replace("_", " "))
+    if isinstance(exception, ConnectionError | TimeoutError):
+        log.warning("backing_service_failed", extra={"path": request.path, "error": str(exception)})
+        return error_response(503, "unavailable", "a backing service did not answer; retry shortly", 1)
     log.exception("request_failed", extra={"path": request.path, "method": request.method})
     return error_response(500, "internal_error", "the server failed to answer; this has been logged")
 

@@ -29,9 +29,18 @@ SLOT_VARIABLES = {
 }
 
 
-def installed_plugins() -> dict[str, str]:
-    """Every plugin name in the ``kibitz`` entry-point group, with the module it loads."""
-    return {ep.name: ep.value for ep in entry_points(group="kibitz")}
+def installed_plugins() -> dict[str, tuple[str, list[str]]]:
+    """Every plugin in the ``kibitz`` entry-point group: its module and the hooks it implements."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    for ep in entry_points(group="kibitz"):
+        try:
+            module = ep.load()
+        except Exception as e:
+            found[ep.name] = (ep.value, [f"fails to load: {type(e).__name__}: {e}"])
+            continue
+        hooks = [name for name in dir(module) if hasattr(getattr(module, name), "kibitz_impl")]
+        found[ep.name] = (ep.value, hooks)
+    return found
 
 
 def create_plugin_manager(settings: Settings, extra: Iterable[object] = ()) -> pluggy.PluginManager:
@@ -73,8 +82,9 @@ def _variable_for(settings: Settings, name: str) -> str:
 def fill_slot(pm: pluggy.PluginManager, slot: str, name: str, settings: Settings) -> Any:
     """Ask ``register_<slot>`` for the plugin named ``name``; a clear ConfigError if none answers."""
     hook = getattr(pm.hook, f"register_{slot}")
+    plugin_settings = settings.plugin(name)
     try:
-        found = hook(name=name, settings=settings.plugin(name))
+        found = hook(name=name, settings=plugin_settings)
     except ConfigError:
         raise
     except Exception as e:
@@ -83,6 +93,9 @@ def fill_slot(pm: pluggy.PluginManager, slot: str, name: str, settings: Settings
         raise ConfigError(
             f"{SLOT_VARIABLES[slot]}={name!r}: no installed plugin provides a {slot} by that name"
         )
+    unknown = plugin_settings.unknown()
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: the {name} plugin has no such setting")
     return found
 
 

@@ -18,6 +18,13 @@ from typing import Any
 from .errors import ConfigError
 
 REGISTRATION_MODES = ("open", "closed")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Async drivers for the database URLs operators write without one.
+ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+}
 
 
 class PluginSettings(Mapping[str, Any]):
@@ -32,6 +39,7 @@ class PluginSettings(Mapping[str, Any]):
         prefix = f"KIBITZ_{plugin.upper()}_"
         self._values = dict(table)
         self._sources = {key: f"[{plugin}] {key}" for key in table}
+        self._read: set[str] = set()
         for name, value in environ.items():
             if name.startswith(prefix) and len(name) > len(prefix):
                 key = name[len(prefix) :].lower()
@@ -39,7 +47,16 @@ class PluginSettings(Mapping[str, Any]):
                 self._sources[key] = name
 
     def __getitem__(self, key: str) -> Any:
+        self._read.add(key)
         return self._values[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._read.add(key)
+        return self._values.get(key, default)
+
+    def unknown(self) -> list[str]:
+        """Where settings were given that the plugin never read (likely typos)."""
+        return [self._sources[key] for key in self._values if key not in self._read]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._values)
@@ -127,8 +144,13 @@ def load_settings(config: str | None = None, environ: Mapping[str, str] | None =
 
     d = Settings()
     values: dict[str, Any] = {}
-    for key in ("host", "public_url", "database_url", "transport", "storage", "ids", "log_level"):
+    for key in ("host", "public_url", "database_url", "transport", "storage", "ids"):
         values[key] = str(get(key, getattr(d, key))[1]).strip()
+    source, level = get("log_level", d.log_level)
+    if str(level).upper() not in LOG_LEVELS:
+        raise ConfigError(f"{source}={level!r}: must be one of {', '.join(LOG_LEVELS)}")
+    values["log_level"] = str(level).upper()
+    values["database_url"] = _database_url(*get("database_url", d.database_url))
     values["port"] = _integer(*get("port", d.port), 0, 65535)
     values["data_dir"] = Path(str(get("data_dir", d.data_dir)[1]))
     values["max_message_chars"] = _integer(*get("max_message_chars", d.max_message_chars), 1)
@@ -147,6 +169,25 @@ def load_settings(config: str | None = None, environ: Mapping[str, str] | None =
         raise ConfigError(f"KIBITZ_PUBLIC_URL={values['public_url']!r}: must start with http:// or https://")
     values["public_url"] = values["public_url"].rstrip("/")
     return Settings(**values, tables=tables, environ=env)
+
+
+def _database_url(source: str, value: Any) -> str:
+    """An SQLAlchemy URL with an async driver (``postgresql://`` becomes ``postgresql+asyncpg://``)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    text = str(value).strip()
+    if not text:
+        return ""
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise ConfigError(f"{source}: not a database URL like postgresql+asyncpg://user@host/db") from None
+    if url.drivername in ASYNC_DRIVERS:
+        url = url.set(drivername=ASYNC_DRIVERS[url.drivername])
+    if url.drivername not in ASYNC_DRIVERS.values():
+        raise ConfigError(f"{source}: the database must be sqlite+aiosqlite:// or postgresql+asyncpg://")
+    return url.render_as_string(hide_password=False)
 
 
 def _names(value: Any) -> tuple[str, ...]:

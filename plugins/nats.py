@@ -86,6 +86,11 @@ class NatsTransport:
                 raise ConfigError(f"{settings.source('url')}={url!r}: expected 'embedded' or nats:// URLs")
         self.retention_age = settings.duration("retention_age", "30d")
         self.retention_bytes = settings.size("retention_bytes", "10GB")
+        self.replicas = settings.integer("replicas", 1, minimum=1)
+        if self.replicas > 5:
+            raise ConfigError(
+                f"{settings.source('replicas')}={self.replicas}: JetStream allows 1 to 5 replicas"
+            )
         self.child: ChildProcess | None = None
         self.nc: Any = None
         self._pending: deque[tuple[Sequence[LogEntry], asyncio.Future[list[int]]]] = deque()
@@ -152,6 +157,7 @@ class NatsTransport:
             if not future.done():
                 future.set_exception(ConnectionError("transport closed"))
         if self.nc is not None:
+            _closing[0] = True
             with contextlib.suppress(Exception):
                 await self.nc.drain()
         if self.child:
@@ -160,7 +166,13 @@ class NatsTransport:
     async def check(self) -> None:
         if self.nc is None or not self.nc.is_connected:
             raise ConnectionError("not connected to NATS")
-        await self.nc.jetstream().stream_info(STREAM)
+        await self._stream_info()
+
+    async def _stream_info(self) -> Any:
+        try:
+            return await self.nc.jetstream().stream_info(STREAM)
+        except nats.errors.Error as e:
+            raise ConnectionError(f"nats: {type(e).__name__}: {e}") from e
 
     async def _ensure_stream(self) -> None:
         config = StreamConfig(
@@ -172,7 +184,7 @@ class NatsTransport:
             discard=DiscardPolicy.OLD,
             allow_direct=True,
             allow_atomic=True,
-            num_replicas=1,
+            num_replicas=self.replicas,
         )
         js = self.nc.jetstream()
         try:
@@ -248,7 +260,10 @@ class NatsTransport:
             "Nats-Batch-Sequence": str(len(messages)),
             "Nats-Batch-Commit": "1",
         }
-        reply = await self.nc.request(subject, payload, headers=headers, timeout=COMMIT_TIMEOUT)
+        try:
+            reply = await self.nc.request(subject, payload, headers=headers, timeout=COMMIT_TIMEOUT)
+        except nats.errors.Error as e:
+            raise ConnectionError(f"nats: the batch commit failed: {type(e).__name__}") from e
         ack = orjson.loads(reply.data)
         if "error" in ack:
             raise ConnectionError(f"JetStream refused the batch: {ack['error'].get('description')}")
@@ -258,7 +273,7 @@ class NatsTransport:
     # -- reading -----------------------------------------------------------------
 
     async def now(self) -> int:
-        info = await self.nc.jetstream().stream_info(STREAM)
+        info = await self._stream_info()
         last: int = info.state.last_seq
         return last
 
@@ -275,7 +290,7 @@ class NatsTransport:
         """The stream's first sequence, looked up at most once a second."""
         checked, first = self._first_seq
         if time.monotonic() - checked > 1.0:
-            info = await self.nc.jetstream().stream_info(STREAM)
+            info = await self._stream_info()
             first = info.state.first_seq
             self._first_seq = (time.monotonic(), first)
         return first
@@ -292,7 +307,10 @@ class NatsTransport:
                 f"$JS.API.DIRECT.GET.{STREAM}", orjson.dumps(request), reply=f"{self._reply_prefix}.{token}"
             )
             while True:
-                msg = await asyncio.wait_for(queue.get(), REQUEST_TIMEOUT)
+                try:
+                    msg = await asyncio.wait_for(queue.get(), REQUEST_TIMEOUT)
+                except TimeoutError:
+                    raise ConnectionError("nats: no answer to a direct get") from None
                 headers = msg.headers or {}
                 status = headers.get("Status")
                 if status in ("204", "404"):  # end of batch / nothing there
@@ -377,6 +395,7 @@ def _write_config(folder: Path, port: int) -> Path:
 
 
 _last_error_log = [0.0]
+_closing = [False]  # set while this process closes its connection: no warnings then
 
 
 async def _log_nats_error(error: Exception) -> None:
@@ -388,6 +407,7 @@ async def _log_nats_error(error: Exception) -> None:
 
 def _log_state(event: str) -> Any:
     async def callback() -> None:
-        log.warning(event)
+        if not _closing[0]:
+            log.warning(event)
 
     return callback

@@ -40,10 +40,11 @@ carries it across a Redis restart (the embedded one is restarted by its supervis
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import ParamSpec, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
@@ -98,6 +99,23 @@ class _App(Protocol):
 def register_storage(name: str, settings: PluginSettings) -> RedisStorage | None:
     """Provide the ``redis`` storage."""
     return RedisStorage(settings) if name == "redis" else None
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _answers(method: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_T]]:
+    """Turn Redis connection failures into ``ConnectionError``, which the core answers with 503."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await method(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError) as e:
+            raise ConnectionError(f"redis: {e}") from e
+
+    return wrapper
 
 
 class RedisStorage:
@@ -161,11 +179,13 @@ class RedisStorage:
             await self.server.stop()
             self.server = None
 
+    @_answers
     async def check(self) -> None:
         """PING; raise if Redis does not answer within a few seconds."""
         async with asyncio.timeout(CHECK_TIMEOUT):
             await self._client.ping()
 
+    @_answers
     async def append(self, messages: Sequence[StoredMessage], through: int | None = None) -> None:
         """Store the messages (idempotent) and raise the position to ``through``, in one MULTI/EXEC."""
         if not messages and through is None:
@@ -183,11 +203,13 @@ class RedisStorage:
                 pipe.eval(_RAISE_POSITION, 1, self._position_key, str(through))
             await pipe.execute()
 
+    @_answers
     async def position(self) -> int:
         """The transport position through which every message has been stored (0 if none)."""
         value = await self._client.get(self._position_key)
         return int(value) if value else 0
 
+    @_answers
     async def page(self, conversation_id: int, before: int | None, after: int | None, limit: int) -> Page:
         """A history page as PROTOCOL.md defines it, in one range read of ``limit + 1``."""
         if limit < 1:
@@ -202,12 +224,14 @@ class RedisStorage:
         rows = await self._client.zrangebyscore(key, f"({after}", upper, start=0, num=limit + 1)
         return Page(rows[:limit], len(rows) > limit)
 
+    @_answers
     async def contains(self, conversation_id: int, message_id: int) -> bool:
         """Whether the conversation holds a message with this id."""
         if not 1 <= message_id <= MAX_ID:
             return False
         return bool(await self._client.zcount(self._history(conversation_id), message_id, message_id))
 
+    @_answers
     async def latest(self, conversation_ids: Sequence[int]) -> list[bytes | None]:
         """The newest message of each conversation, or None; one round trip."""
         if not conversation_ids:
@@ -218,6 +242,7 @@ class RedisStorage:
             results: list[list[bytes]] = await pipe.execute()
         return [rows[0] if rows else None for rows in results]
 
+    @_answers
     async def unread_counts(self, queries: Sequence[tuple[int, int, int]]) -> list[int]:
         """For each ``(conversation_id, user_id, marker)``: others' messages after the marker."""
         if not queries:
@@ -229,6 +254,7 @@ class RedisStorage:
             counts: list[int] = await pipe.execute()
         return [max(0, counts[i] - counts[i + 1]) for i in range(0, len(counts), 2)]
 
+    @_answers
     async def find_sent(self, sender_id: int, client_msg_id: str) -> bytes | None:
         """The message this sender already sent with this ``client_msg_id`` (within 30 days), or None."""
         value: bytes | None = await self._client.get(self._client_msg(sender_id, client_msg_id))

@@ -35,9 +35,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from kibitz import ConfigError, PluginSettings, hookimpl
-from kibitz.errors import Unavailable
-from kibitz.leases import Lease, Leases
+from kibitz import ConfigError, Lease, Leases, PluginSettings, Unavailable, hookimpl
 
 if TYPE_CHECKING:
     from kibitz.app import Kibitz

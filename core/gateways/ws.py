@@ -219,7 +219,17 @@ async def _read_loop(ws: WebsocketImplProtocol, connection: Connection, kibitz: 
         try:
             await handler(message, connection, kibitz)
         except ApiError as e:
-            connection.put(_error(e.code, e.message, client_msg_id))
+            connection.put(_error(e.code, e.message, client_msg_id, e.retry_after))
+        except (ConnectionError, TimeoutError) as e:
+            log.warning("backing_service_failed", extra={"frame": kind, "error": str(e)})
+            connection.put(
+                _error("unavailable", "a backing service did not answer; retry shortly", client_msg_id, 1)
+            )
+        except Exception:
+            log.exception("frame_failed", extra={"frame": kind})
+            connection.put(
+                _error("internal_error", "the server failed to answer; this has been logged", client_msg_id)
+            )
 
 
 async def _send(frame: dict[str, Any], connection: Connection, kibitz: Kibitz) -> None:
@@ -260,10 +270,13 @@ async def _second_hello(frame: dict[str, Any], connection: Connection, kibitz: K
 HANDLERS = {"send": _send, "read": _read, "typing": _typing, "ping": _ping, "hello": _second_hello}
 
 
-def _error(code: str, message: str, client_msg_id: str | None = None) -> bytes:
-    frame: dict[str, str] = {"type": "error", "code": code, "message": message}
-    if client_msg_id is not None and isinstance(client_msg_id, str):
+def _error(code: str, message: str, client_msg_id: object = None, retry_after: int | None = None) -> bytes:
+    """An error frame; ``retry_after`` (seconds, an extension) comes with rate_limited and unavailable."""
+    frame: dict[str, object] = {"type": "error", "code": code, "message": message}
+    if isinstance(client_msg_id, str):
         frame["client_msg_id"] = client_msg_id
+    if retry_after is not None:
+        frame["retry_after"] = retry_after
     return orjson.dumps(frame)
 
 
