@@ -40,16 +40,22 @@ def read_object(request: Request) -> dict[str, Any]:
 
 def int_query(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
     """An integer query parameter within [low, high]; out of range is 400, never clamped."""
-    value = request.args.get(name)
+    value = query(request, name)
     if value is None:
         return default
-    if not value.isdigit() or not low <= int(value) <= high:
+    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
         raise InvalidRequest(f"{name}: an integer from {low} to {high}")
     return int(value)
 
 
+def query(request: Request, name: str) -> str | None:
+    """A query parameter, blank included (``limit=`` is a wrong value, not a missing one)."""
+    value: str | None = request.get_args(keep_blank_values=True).get(name)
+    return value
+
+
 def id_query(request: Request, name: str) -> int | None:
-    value = request.args.get(name)
+    value = query(request, name)
     return None if value is None else parse_id(value, name)
 
 
@@ -114,10 +120,10 @@ async def me(request: Request) -> HTTPResponse:
 
 async def search_users(request: Request) -> HTTPResponse:
     await authenticate(request)
-    query = request.args.get("query", "")
+    prefix = query(request, "query") or ""
     limit = int_query(request, "limit", 20, 1, MAX_SEARCH)
     assert limit is not None
-    users = await request.app.ctx.kibitz.accounts.search(query, limit)
+    users = await request.app.ctx.kibitz.accounts.search(prefix, limit)
     return json({"users": [u.to_dict() for u in users]})
 
 

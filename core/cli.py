@@ -8,6 +8,7 @@ import sys
 
 from . import logs
 from .errors import ConfigError
+from .lingering import LingeringProtocol
 from .settings import Settings, load_settings
 
 
@@ -36,7 +37,14 @@ def serve(settings: Settings) -> int:
     log = logging.getLogger("kibitz")
     log.info("starting", extra={"host": settings.host, "port": settings.port})
     try:
-        app.run(host=settings.host, port=settings.port, single_process=True, access_log=False, motd=False)
+        app.run(
+            host=settings.host,
+            port=settings.port,
+            single_process=True,
+            access_log=False,
+            motd=False,
+            protocol=LingeringProtocol,
+        )
     except Exception as e:
         log.error("start_failed", extra={"error": f"{type(e).__name__}: {e}"})
         print(f"kibitz: could not start: {type(e).__name__}: {e}", file=sys.stderr)

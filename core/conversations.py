@@ -28,7 +28,7 @@ CACHE_SIZE = 10_000
 
 def parse_id(value: object, field: str) -> int:
     """A protocol id (a decimal string; a JSON integer is accepted too) as an int."""
-    if isinstance(value, str) and value.isdigit() and len(value) <= 19:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
         return value

@@ -33,7 +33,7 @@ class Cursors:
     def decode(self, user_id: int, cursor: str) -> int | None:
         """The position in ``cursor``, or None if this server did not issue it to this user."""
         position, _, signature = cursor.partition(".")
-        if not position.isdigit() or len(position) > 19:
+        if not (position.isascii() and position.isdigit()) or len(position) > 19:
             return None
         number = int(position)
         return number if hmac.compare_digest(signature, self._sign(user_id, number)) else None

@@ -282,6 +282,25 @@ def openapi_document() -> dict[str, Any]:
         },
         "/openapi.json": {"get": _operation("This document", 200, {"type": "object"}, [], auth=False)},
     }
+    root = [{"url": "/"}]  # the operator endpoints sit at the root, outside /api/v1
+    paths["/healthz"] = {
+        "servers": root,
+        "get": _operation("200 while the process runs", 200, None, [], auth=False),
+    }
+    paths["/readyz"] = {
+        "servers": root,
+        "get": _operation(
+            "200 when every backing service answers, else 503 naming the one that does not",
+            200,
+            None,
+            [503],
+            auth=False,
+        ),
+    }
+    paths["/metrics"] = {
+        "servers": root,
+        "get": _operation("Prometheus text format", 200, None, [], auth=False),
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "Kibitz client protocol", "version": "1"},

@@ -145,11 +145,19 @@ class SendWrappers:
                 continue
             except Exception:
                 log.exception("hook_failed", extra={"hook": "wrap_send", "plugin": plugin_name})
-            await gen.aclose()
+                continue
+            await _close(plugin_name, gen)  # it yielded twice: close it
         self._running.clear()
 
     async def abort(self) -> None:
         """Close wrappers already entered when the message is not accepted."""
-        for _, gen in self._running:
-            await gen.aclose()
+        for plugin_name, gen in self._running:
+            await _close(plugin_name, gen)
         self._running.clear()
+
+
+async def _close(plugin_name: str, gen: AsyncGenerator[None, Any]) -> None:
+    try:
+        await gen.aclose()
+    except Exception:
+        log.exception("hook_failed", extra={"hook": "wrap_send", "plugin": plugin_name})

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse
 
-from ..api import PREFIX, authenticate, int_query, json
+from ..api import PREFIX, authenticate, int_query, json, query
 from ..errors import CursorExpired, CursorGone, InvalidRequest
 from ..models import User
 
@@ -60,7 +60,7 @@ async def sync(request: Request) -> HTTPResponse:
     timeout = int_query(request, "timeout", 0, 0, MAX_TIMEOUT)
     limit = int_query(request, "limit", 100, 1, MAX_LIMIT)
     assert timeout is not None and limit is not None
-    since = request.args.get("since")
+    since = query(request, "since")
     if since is None:
         now = await kibitz.transport.now()
         return _answer(kibitz, user, Backlog([], now, False))
