@@ -23,6 +23,9 @@ from websockets.exceptions import ConnectionClosed
 
 from .kibitz_client import PASSWORD, Client, Server, Socket, make_server
 
+# Accounts are relational state: these tests run on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.relational
+
 ALLOWED = string.ascii_lowercase + string.digits + "_.-"
 
 
