@@ -14,7 +14,7 @@ from sanic.response import HTTPResponse, empty, raw
 
 from .accounts import normalize_username
 from .conversations import MAX_NAME, parse_id
-from .errors import InvalidRequest, Unauthorized
+from .errors import InvalidRequest, NotFound, Unauthorized
 from .messages import MAX_PAGE
 from .models import Device, User
 
@@ -52,6 +52,14 @@ def query(request: Request, name: str) -> str | None:
     """A query parameter, blank included (``limit=`` is a wrong value, not a missing one)."""
     value: str | None = request.get_args(keep_blank_values=True).get(name)
     return value
+
+
+def path_id(value: str, what: str) -> int:
+    """An id in a path: one that cannot exist is not found, like any other missing one."""
+    try:
+        return parse_id(value, what)
+    except InvalidRequest:
+        raise NotFound(f"no such {what}") from None
 
 
 def id_query(request: Request, name: str) -> int | None:
@@ -129,7 +137,7 @@ async def search_users(request: Request) -> HTTPResponse:
 
 async def get_user(request: Request, user_id: str) -> HTTPResponse:
     await authenticate(request)
-    user = await request.app.ctx.kibitz.accounts.get(parse_id(user_id, "user id"))
+    user = await request.app.ctx.kibitz.accounts.get(path_id(user_id, "user"))
     return json({"user": user.to_dict()})
 
 
@@ -178,14 +186,14 @@ async def list_conversations(request: Request) -> HTTPResponse:
 async def get_conversation(request: Request, cid: str) -> HTTPResponse:
     kibitz = request.app.ctx.kibitz
     user, _ = await authenticate(request)
-    conversation = await kibitz.conversations.of_member(parse_id(cid, "conversation id"), user.id)
+    conversation = await kibitz.conversations.of_member(path_id(cid, "conversation"), user.id)
     return json({"conversation": await kibitz.conversations.view(user.id, conversation)})
 
 
 async def add_member(request: Request, cid: str) -> HTTPResponse:
     kibitz = request.app.ctx.kibitz
     user, _ = await authenticate(request)
-    conversation = await kibitz.conversations.of_member(parse_id(cid, "conversation id"), user.id)
+    conversation = await kibitz.conversations.of_member(path_id(cid, "conversation"), user.id)
     new_member = parse_id(read_object(request).get("user_id"), "user_id")
     if not await kibitz.accounts.existing({new_member}):
         raise InvalidRequest("user_id: no such user")
@@ -196,8 +204,8 @@ async def add_member(request: Request, cid: str) -> HTTPResponse:
 async def remove_member(request: Request, cid: str, uid: str) -> HTTPResponse:
     kibitz = request.app.ctx.kibitz
     user, _ = await authenticate(request)
-    conversation = await kibitz.conversations.of_member(parse_id(cid, "conversation id"), user.id)
-    await kibitz.conversations.remove_member(conversation, user.id, parse_id(uid, "user id"))
+    conversation = await kibitz.conversations.of_member(path_id(cid, "conversation"), user.id)
+    await kibitz.conversations.remove_member(conversation, user.id, path_id(uid, "member"))
     return empty(204)
 
 
@@ -206,7 +214,7 @@ async def send_message(request: Request, cid: str) -> HTTPResponse:
     user, _ = await authenticate(request)
     body = read_object(request)
     text, client_msg_id = kibitz.messages.validate(body.get("body"), body.get("client_msg_id"))
-    conversation = await kibitz.conversations.of_member(parse_id(cid, "conversation id"), user.id)
+    conversation = await kibitz.conversations.of_member(path_id(cid, "conversation"), user.id)
     kibitz.rate_limits.send(user.id)
     _, data, new = await kibitz.messages.send(user, conversation, text, client_msg_id)
     return json(b'{"message":' + data + b"}", 201 if new else 200)
@@ -219,7 +227,7 @@ async def history(request: Request, cid: str) -> HTTPResponse:
     after = id_query(request, "after")
     limit = int_query(request, "limit", 50, 1, MAX_PAGE)
     assert limit is not None
-    conversation = await kibitz.conversations.of_member(parse_id(cid, "conversation id"), user.id)
+    conversation = await kibitz.conversations.of_member(path_id(cid, "conversation"), user.id)
     return json(await kibitz.messages.history(conversation, before, after, limit))
 
 
@@ -227,7 +235,7 @@ async def mark_read(request: Request, cid: str) -> HTTPResponse:
     kibitz = request.app.ctx.kibitz
     user, _ = await authenticate(request)
     message_id = parse_id(read_object(request).get("message_id"), "message_id")
-    conversation = await kibitz.conversations.of_member(parse_id(cid, "conversation id"), user.id)
+    conversation = await kibitz.conversations.of_member(path_id(cid, "conversation"), user.id)
     await kibitz.conversations.mark_read(conversation, user.id, message_id)
     return json({"conversation": await kibitz.conversations.view(user.id, conversation)})
 

@@ -29,7 +29,7 @@ CACHE_SIZE = 10_000
 def parse_id(value: object, field: str) -> int:
     """A protocol id (a decimal string; a JSON integer is accepted too) as an int."""
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
-        return int(value)
+        value = int(value)
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
         return value
     raise InvalidRequest(f"{field}: expected an id (a string of digits)")
@@ -46,32 +46,30 @@ class Conversations:
 
     async def get(self, conversation_id: int) -> Conversation | None:
         """The conversation (cached), or None."""
-        cached = self._cache.get(conversation_id)
-        if cached is not None:
-            self._cache.move_to_end(conversation_id)
-            return cached
-        async with self.engine.connect() as db:
-            row = (
-                await db.execute(sa.select(conversations).where(conversations.c.id == conversation_id))
-            ).first()
-            if row is None:
-                return None
-            ids = (
-                (
-                    await db.execute(
-                        sa.select(members.c.user_id)
-                        .where(members.c.conversation_id == conversation_id)
-                        .order_by(members.c.joined_ms, members.c.user_id)
-                    )
+        return (await self.get_many([conversation_id])).get(conversation_id)
+
+    async def get_many(self, conversation_ids: Sequence[int]) -> dict[int, Conversation]:
+        """The conversations that exist among ``conversation_ids``: cached, or read in two queries."""
+        found = {cid: self._cache[cid] for cid in conversation_ids if cid in self._cache}
+        missing = [cid for cid in conversation_ids if cid not in found]
+        if missing:
+            async with self.engine.connect() as db:
+                rows = (
+                    await db.execute(sa.select(conversations).where(conversations.c.id.in_(missing)))
+                ).all()
+                member_rows = await db.execute(
+                    sa.select(members.c.conversation_id, members.c.user_id)
+                    .where(members.c.conversation_id.in_(missing))
+                    .order_by(members.c.joined_ms, members.c.user_id)
                 )
-                .scalars()
-                .all()
-            )
-        conversation = _conversation(row, tuple(ids))
-        self._cache[conversation_id] = conversation
-        if len(self._cache) > CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return conversation
+            member_ids: dict[int, list[int]] = {}
+            for member in member_rows:
+                member_ids.setdefault(member.conversation_id, []).append(member.user_id)
+            for row in rows:
+                found[row.id] = self._cache[row.id] = _conversation(row, tuple(member_ids.get(row.id, ())))
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return found
 
     async def of_member(self, conversation_id: int, user_id: int) -> Conversation:
         """The conversation if ``user_id`` is a member; 404 otherwise, exactly as if it did not exist."""
@@ -95,6 +93,12 @@ class Conversations:
 
     async def views(self, user_id: int, items: Sequence[Conversation]) -> list[dict[str, object]]:
         """The protocol's Conversation objects as ``user_id`` sees them (last message, unread count)."""
+        return [view for view, _ in await self._views(user_id, items)]
+
+    async def _views(
+        self, user_id: int, items: Sequence[Conversation]
+    ) -> list[tuple[dict[str, object], str]]:
+        """Each view with the time of its latest activity (last message, else creation)."""
         if not items:
             return []
         ids = [c.id for c in items]
@@ -102,15 +106,18 @@ class Conversations:
         latest = await self.storage.latest(ids)
         unread = await self.storage.unread_counts([(c.id, user_id, markers.get(c.id, 0)) for c in items])
         return [
-            {
-                "id": str(c.id),
-                "type": c.type,
-                "name": c.name,
-                "members": [str(m) for m in c.members],
-                "created_at": c.created_at,
-                "last_message": orjson.Fragment(last) if last else None,
-                "unread_count": count,
-            }
+            (
+                {
+                    "id": str(c.id),
+                    "type": c.type,
+                    "name": c.name,
+                    "members": [str(m) for m in c.members],
+                    "created_at": c.created_at,
+                    "last_message": orjson.Fragment(last) if last else None,
+                    "unread_count": count,
+                },
+                orjson.loads(last)["created_at"] if last else c.created_at,
+            )
             for c, last, count in zip(items, latest, unread, strict=True)
         ]
 
@@ -120,24 +127,11 @@ class Conversations:
     async def list_for(self, user_id: int) -> list[dict[str, object]]:
         """Every conversation of the user, most recent activity first."""
         async with self.engine.connect() as db:
-            ids = (
-                (await db.execute(sa.select(members.c.conversation_id).where(members.c.user_id == user_id)))
-                .scalars()
-                .all()
-            )
-        items = list((await self.get_many(ids)).values())
-        views = await self.views(user_id, items)
-
-        def activity(view: dict[str, object]) -> tuple[str, int]:
-            last = view["last_message"]
-            when = (
-                orjson.loads(last.contents)["created_at"]
-                if isinstance(last, orjson.Fragment)
-                else view["created_at"]
-            )
-            return str(when), int(str(view["id"]))
-
-        return sorted(views, key=activity, reverse=True)
+            query = sa.select(members.c.conversation_id).where(members.c.user_id == user_id)
+            ids = (await db.execute(query)).scalars().all()
+        views = await self._views(user_id, list((await self.get_many(ids)).values()))
+        views.sort(key=lambda pair: (pair[1], int(str(pair[0]["id"]))), reverse=True)
+        return [view for view, _ in views]
 
     # -- changing ----------------------------------------------------------------
 

@@ -79,15 +79,20 @@ class Messages:
     ) -> tuple[Message, bytes, bool]:
         """Accept a message; return it, its JSON, and whether it is new (False: an idempotent resend)."""
         key = (sender.id, client_msg_id)
-        if key in self._in_flight:  # the same send, still on its way: share its outcome
-            message, data = await asyncio.shield(self._in_flight[key])
+        pending = self._in_flight.get(key)
+        if pending is not None:  # the same send, still on its way: share its outcome
+            message, data = await asyncio.shield(pending)
             return message, data, False
-        existing = await self._find_sent(sender.id, client_msg_id)
-        if existing is not None:
-            return Message.from_json(existing), existing, False
+        # Registered before the first await: a concurrent resend must not slip past the
+        # check above while this one looks for an earlier send.
         future: asyncio.Future[tuple[Message, bytes]] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = future
         try:
+            existing = await self._find_sent(sender.id, client_msg_id)
+            if existing is not None:
+                found = Message.from_json(existing)
+                future.set_result((found, existing))
+                return found, existing, False
             message, data = await self._accept(sender, conversation, body, client_msg_id)
             future.set_result((message, data))
             return message, data, True

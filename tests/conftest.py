@@ -84,15 +84,20 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Tests marked ``relational`` that use a server run once per database."""
-    if "client" in metafunc.fixturenames and metafunc.definition.get_closest_marker("relational"):
-        metafunc.parametrize("database", ["sqlite", "postgresql"], indirect=True, scope="session")
+    """Tests that use the session server run on SQLite; those marked ``relational`` on PostgreSQL too.
+
+    Every such test is parametrized the same way, so all of them share one SQLite server.
+    """
+    if "database" in metafunc.fixturenames:
+        relational = metafunc.definition.get_closest_marker("relational")
+        kinds = ["sqlite", "postgresql"] if relational else ["sqlite"]
+        metafunc.parametrize("database", kinds, indirect=True, scope="session")
 
 
 @pytest.fixture(scope="session")
 async def database(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     """``sqlite``, or the URL of a fresh PostgreSQL database made from KIBITZ_TEST_DATABASE_URL."""
-    if getattr(request, "param", "sqlite") == "sqlite":
+    if request.param == "sqlite":
         yield "sqlite"
         return
     base = os.environ.get("KIBITZ_TEST_DATABASE_URL")
