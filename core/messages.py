@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from .batching import Batcher
 from .errors import Forbidden, InvalidRequest, PayloadTooLarge, Rejected, Unavailable
 from .models import Conversation, Draft, LogEntry, Message, User, message_event, rfc3339
 from .plugin_manager import SendWrappers, call_each
@@ -61,6 +62,9 @@ class Messages:
         self.is_live = is_live
         self.follower = follower
         self._in_flight: dict[tuple[int, str], asyncio.Future[tuple[Message, bytes]]] = {}
+        # Concurrent sends share storage round trips (see kibitz.batching).
+        self._lookups: Batcher[tuple[int, str], bytes | None] = Batcher(storage.find_sent)
+        self._writes: Batcher[StoredMessage, None] = Batcher(self._store)
         # Sends whose append failed without a clear answer: the log may hold them anyway.
         self._uncertain: dict[tuple[int, str], None] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -103,6 +107,10 @@ class Messages:
         finally:
             del self._in_flight[key]
 
+    async def _store(self, messages: list[StoredMessage]) -> list[None]:
+        await self.storage.append(messages)
+        return [None] * len(messages)
+
     def _checked_body(self, body: object) -> str:
         """A body as a ``wrap_send`` plugin left it, held to the same rules as the sender's."""
         if not isinstance(body, str) or not body:
@@ -125,7 +133,7 @@ class Messages:
         if (sender_id, client_msg_id) in self._uncertain:
             await self.follower.catch_up()
             del self._uncertain[(sender_id, client_msg_id)]
-        return await self.storage.find_sent(sender_id, client_msg_id)
+        return await self._lookups.submit((sender_id, client_msg_id))
 
     async def _accept(
         self, sender: User, conversation: Conversation, body: str, client_msg_id: str
@@ -163,7 +171,7 @@ class Messages:
                 "the message queue did not accept the message; retry with the same client_msg_id"
             ) from None
         try:
-            await self.storage.append([StoredMessage.of(message, data)])
+            await self._writes.submit(StoredMessage.of(message, data))
         except Exception as e:
             # Durable in the log already: the follower stores it once storage answers again.
             self._mark_uncertain(sender.id, client_msg_id)

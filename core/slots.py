@@ -136,8 +136,8 @@ class Storage(Protocol):
     async def unread_counts(self, queries: Sequence[tuple[int, int, int]]) -> list[int]:
         """For each ``(conversation_id, user_id, marker)``: messages after ``marker`` not sent by the user."""
 
-    async def find_sent(self, sender_id: int, client_msg_id: str) -> bytes | None:
-        """The message this sender already sent with this ``client_msg_id``, or None."""
+    async def find_sent(self, keys: Sequence[tuple[int, str]]) -> list[bytes | None]:
+        """For each ``(sender_id, client_msg_id)``: the message already sent with it, or None."""
 
 
 class IdGenerator(Protocol):

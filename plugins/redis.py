@@ -255,10 +255,12 @@ class RedisStorage:
         return [max(0, counts[i] - counts[i + 1]) for i in range(0, len(counts), 2)]
 
     @_answers
-    async def find_sent(self, sender_id: int, client_msg_id: str) -> bytes | None:
-        """The message this sender already sent with this ``client_msg_id`` (within 30 days), or None."""
-        value: bytes | None = await self._client.get(self._client_msg(sender_id, client_msg_id))
-        return value
+    async def find_sent(self, keys: Sequence[tuple[int, str]]) -> list[bytes | None]:
+        """For each (sender, client_msg_id): the message already sent with it (within 30 days), or None."""
+        if not keys:
+            return []
+        values: list[bytes | None] = await self._client.mget([self._client_msg(s, c) for s, c in keys])
+        return values
 
     @property
     def _client(self) -> Redis:

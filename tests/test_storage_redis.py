@@ -164,7 +164,7 @@ async def test_pages_return_the_stored_bytes_as_they_are(storage: RedisStorage) 
     await storage.append([StoredMessage(5, CID, 1, "odd", raw)])
     assert (await storage.page(CID, None, None, 10)).messages == [raw]
     assert await storage.latest([CID]) == [raw]
-    assert await storage.find_sent(1, "odd") == raw
+    assert (await storage.find_sent([(1, "odd")]))[0] == raw
 
 
 async def test_append_is_idempotent(storage: RedisStorage) -> None:
@@ -178,7 +178,7 @@ async def test_append_is_idempotent(storage: RedisStorage) -> None:
     assert page.messages == [m.json for m in batch]
     assert not page.has_more
     assert await storage.unread_counts([(CID, 1, 0), (CID, 2, 30)]) == before
-    assert await storage.find_sent(2, "c10") == batch[0].json
+    assert (await storage.find_sent([(2, "c10")]))[0] == batch[0].json
 
 
 async def test_ids_must_fit_a_score(storage: RedisStorage) -> None:
@@ -230,12 +230,18 @@ async def test_contains(filled: RedisStorage) -> None:
 async def test_find_sent(storage: RedisStorage) -> None:
     first = message(10, sender=1, cmid="hello-1")
     await storage.append([first, message(20, sender=2, cmid="hello-1")])
-    assert await storage.find_sent(1, "hello-1") == first.json
-    assert await storage.find_sent(2, "hello-1") == message(20, sender=2, cmid="hello-1").json
-    assert await storage.find_sent(1, "hello-2") is None
-    assert await storage.find_sent(3, "hello-1") is None
+    assert (await storage.find_sent([(1, "hello-1")]))[0] == first.json
+    assert (await storage.find_sent([(2, "hello-1")]))[0] == message(20, sender=2, cmid="hello-1").json
+    assert (await storage.find_sent([(1, "hello-2")]))[0] is None
+    assert (await storage.find_sent([(3, "hello-1")]))[0] is None
     await storage.append([message(30, sender=1, cmid="hello-1")])  # the first one stays the answer
-    assert await storage.find_sent(1, "hello-1") == first.json
+    assert (await storage.find_sent([(1, "hello-1")]))[0] == first.json
+    assert await storage.find_sent([(1, "hello-1"), (3, "x"), (2, "hello-1")]) == [
+        first.json,
+        None,
+        message(20, sender=2, cmid="hello-1").json,
+    ]
+    assert await storage.find_sent([]) == []
 
 
 async def test_position_only_grows(storage: RedisStorage) -> None:
@@ -303,7 +309,7 @@ async def test_embedded_server_persists_across_restarts(tmp_path: Path) -> None:
         page = await again.page(CID, None, None, 200)
         assert page.messages == [message(i, sender=1 + i // 10 % 2).json for i in IDS]
         assert await again.position() == 17
-        assert await again.find_sent(2, "c10") == message(10, sender=2).json
+        assert (await again.find_sent([(2, "c10")]))[0] == message(10, sender=2).json
         assert await again.unread_counts([(CID, 1, 0)]) == [5]
     finally:
         await again.close()
