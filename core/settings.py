@@ -41,6 +41,8 @@ class PluginSettings(Mapping[str, Any]):
         self._sources = {key: f"[{plugin}] {key}" for key in table}
         self._read: set[str] = set()
         for name, value in environ.items():
+            if name in CORE_VARIABLES:  # KIBITZ_LOG_LEVEL is the core's, not the "log" plugin's
+                continue
             if name.startswith(prefix) and len(name) > len(prefix):
                 key = name[len(prefix) :].lower()
                 self._values[key] = value
@@ -115,6 +117,9 @@ class Settings:
     @property
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'kibitz.sqlite3').resolve()}"
+
+
+CORE_VARIABLES = {f"KIBITZ_{key.upper()}" for key in Settings.__dataclass_fields__} | {"KIBITZ_CONFIG"}
 
 
 def load_settings(config: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:

@@ -1,0 +1,68 @@
+"""Configuration: the TOML file, environment overrides, plugin tables, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kibitz.errors import ConfigError
+from kibitz.settings import load_settings
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "kibitz.toml"
+    config.write_text('port = 9000\nregistration = "closed"\n[nats]\nretention_age = "7d"\n')
+    settings = load_settings(str(config), {"KIBITZ_PORT": "9100", "KIBITZ_NATS_RETENTION_AGE": "1d"})
+    assert settings.port == 9100
+    assert settings.registration == "closed"
+    nats = settings.plugin("nats")
+    assert nats.duration("retention_age", "30d") == 86400
+    assert nats.source("retention_age") == "KIBITZ_NATS_RETENTION_AGE"
+
+
+def test_core_variables_are_not_a_plugins_settings() -> None:
+    """KIBITZ_LOG_LEVEL belongs to the core even though a plugin is named ``log``."""
+    settings = load_settings(environ={"KIBITZ_LOG_LEVEL": "warning", "KIBITZ_DATA_DIR": "/tmp/x"})
+    assert settings.log_level == "WARNING"
+    assert dict(settings.plugin("log")) == {}
+    assert dict(settings.plugin("data")) == {}
+
+
+def test_unread_plugin_settings_are_reported() -> None:
+    settings = load_settings(environ={"KIBITZ_NATS_RETENTON_AGE": "1d"})
+    nats = settings.plugin("nats")
+    nats.get("url")
+    assert nats.unknown() == ["KIBITZ_NATS_RETENTON_AGE"]
+
+
+def test_database_urls_get_an_async_driver() -> None:
+    url = load_settings(environ={"KIBITZ_DATABASE_URL": "postgresql://kibitz@db/chat"}).database_url
+    assert url == "postgresql+asyncpg://kibitz@db/chat"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("KIBITZ_PORT", "abc"),
+        ("KIBITZ_PORT", "70000"),
+        ("KIBITZ_REGISTRATION", "maybe"),
+        ("KIBITZ_RATE_LIMITS", "sometimes"),
+        ("KIBITZ_LOG_LEVEL", "loud"),
+        ("KIBITZ_DATABASE_URL", "mysql://x/y"),
+        ("KIBITZ_PUBLIC_URL", "chat.example.com"),
+    ],
+)
+def test_bad_values_name_their_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        load_settings(environ={variable: value})
+
+
+def test_sizes_and_durations() -> None:
+    nats = load_settings(
+        environ={"KIBITZ_NATS_A": "512MB", "KIBITZ_NATS_B": "90s", "KIBITZ_NATS_C": "x"}
+    ).plugin("nats")
+    assert nats.size("a", 0) == 512 * 1024**2
+    assert nats.duration("b", 0) == 90
+    with pytest.raises(ConfigError, match="KIBITZ_NATS_C"):
+        nats.duration("c", 0)
