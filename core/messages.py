@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -37,6 +37,7 @@ MAX_PAGE = 200
 FOLLOW_BATCH = 1000
 FOLLOW_INTERVAL = 1.0
 MAX_UNCERTAIN = 10_000
+MAX_STORED_HERE = 100_000
 
 
 class Messages:
@@ -109,6 +110,7 @@ class Messages:
 
     async def _store(self, messages: list[StoredMessage]) -> list[None]:
         await self.storage.append(messages)
+        self.follower.stored([m.id for m in messages])
         return [None] * len(messages)
 
     def _checked_body(self, body: object) -> str:
@@ -224,6 +226,16 @@ class StorageFollower:
         self.transport = transport
         self.storage = storage
         self._task: asyncio.Task[None] | None = None
+        # Ids of messages this process has already stored on the send path: the follower
+        # only moves the position past them. Lost on restart, when it stores them again.
+        self._stored_here: set[int] = set()
+
+    def stored(self, message_ids: Sequence[int]) -> None:
+        """The send path stored these messages."""
+        if len(self._stored_here) > MAX_STORED_HERE:
+            # Left-overs of a race with the follower; forgetting only costs rewrites.
+            self._stored_here.clear()
+        self._stored_here.update(message_ids)
 
     async def catch_up(self) -> int:
         """Store every message after storage's position; return how many were read."""
@@ -233,8 +245,14 @@ class StorageFollower:
             records = await self.transport.messages(after, FOLLOW_BATCH)
             if not records:
                 return count
-            stored = [StoredMessage.of(Message.from_json(data), data) for _, data in records]
-            await self.storage.append(stored, through=records[-1][0])
+            missing = []
+            for _, data in records:
+                message = Message.from_json(data)
+                if message.id in self._stored_here:
+                    self._stored_here.discard(message.id)
+                else:
+                    missing.append(StoredMessage.of(message, data))
+            await self.storage.append(missing, through=records[-1][0])
             count += len(records)
 
     def start(self) -> None:
