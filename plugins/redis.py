@@ -51,6 +51,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -78,13 +79,25 @@ CHECK_TIMEOUT = 3.0
 LOAD_TIMEOUT = 300.0  # how long start() waits for Redis to load a large append-only file
 SCHEMES = ("redis", "rediss", "unix")
 
-# Set KEYS[1] to ARGV[1] unless it already holds a larger integer (compared as decimal
-# strings, exact beyond 2**53). Redis has no "set if greater" command, hence a script.
-_RAISE_POSITION = """
-local cur = redis.call('GET', KEYS[1])
-local new = ARGV[1]
-if not cur or #new > #cur or (#new == #cur and new > cur) then
-  redis.call('SET', KEYS[1], new)
+# Store a batch of messages in one command (atomic, like MULTI/EXEC), and raise the
+# position to ARGV[3] unless it already holds a larger integer (compared as decimal
+# strings, exact beyond 2**53). ARGV: prefix, idempotency TTL, through (or ""), then
+# five values per message: conversation id, sender id, message id, client_msg_id, JSON.
+# Keys are built inside the script, so this needs a single Redis, not a Redis Cluster.
+_APPEND = """
+local p, ttl, through = ARGV[1], ARGV[2], ARGV[3]
+for i = 4, #ARGV, 5 do
+  local cid, sender, id, cmid, json = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  redis.call('ZADD', p .. 'history:' .. cid, id, json)
+  redis.call('ZADD', p .. 'by_sender:' .. cid .. ':' .. sender, id, id)
+  redis.call('SET', p .. 'client_msg:' .. sender .. ':' .. cmid, json, 'EX', ttl, 'NX')
+end
+if through ~= '' then
+  local key = p .. 'position'
+  local cur = redis.call('GET', key)
+  if not cur or #through > #cur or (#through == #cur and through > cur) then
+    redis.call('SET', key, through)
+  end
 end
 return 1
 """
@@ -135,6 +148,7 @@ class RedisStorage:
         self.server: ChildProcess | None = None
         self._redis: Redis | None = None
         self._position_key = f"{prefix}position"
+        self._append_script: AsyncScript | None = None
 
     async def start(self, app: _App) -> None:
         """Start the embedded redis-server if configured, connect, wait until it answers."""
@@ -151,6 +165,7 @@ class RedisStorage:
             protocol=2,
             client_name="kibitz",
         )
+        self._append_script = self._redis.register_script(_APPEND)
         try:
             await self._wait_loaded()
         except Exception:
@@ -187,21 +202,18 @@ class RedisStorage:
 
     @_answers
     async def append(self, messages: Sequence[StoredMessage], through: int | None = None) -> None:
-        """Store the messages (idempotent) and raise the position to ``through``, in one MULTI/EXEC."""
+        """Store the messages (idempotent) and raise the position to ``through``, in one script call."""
         if not messages and through is None:
             return
         if through is not None and through < 0:
             raise ValueError(f"position {through} is negative")
-        async with self._client.pipeline(transaction=True) as pipe:
-            for m in messages:
-                if not 1 <= m.id <= MAX_ID:
-                    raise ValueError(f"message id {m.id} is outside 1..2**53")
-                pipe.zadd(self._history(m.conversation_id), {m.json: m.id})
-                pipe.zadd(self._by_sender(m.conversation_id, m.sender_id), {str(m.id): m.id})
-                pipe.set(self._client_msg(m.sender_id, m.client_msg_id), m.json, ex=CLIENT_MSG_TTL, nx=True)
-            if through is not None:
-                pipe.eval(_RAISE_POSITION, 1, self._position_key, str(through))
-            await pipe.execute()
+        args: list[bytes | str | int] = [self.prefix, CLIENT_MSG_TTL, "" if through is None else str(through)]
+        for m in messages:
+            if not 1 <= m.id <= MAX_ID:
+                raise ValueError(f"message id {m.id} is outside 1..2**53")
+            args += (m.conversation_id, m.sender_id, m.id, m.client_msg_id, m.json)
+        assert self._append_script is not None, "redis storage is not started"
+        await self._append_script(args=args)
 
     @_answers
     async def position(self) -> int:
