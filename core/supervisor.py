@@ -60,6 +60,20 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def _keep_descriptors_from_children() -> None:
+    """Mark this process's open descriptors close-on-exec.
+
+    uvloop's subprocess support does not close inherited descriptors, and the HTTP
+    server's listening socket is inheritable: a server binary must not hold it.
+    """
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd > 2:
+                with contextlib.suppress(OSError):
+                    os.set_inheritable(fd, False)
+
+
 class ChildProcess:
     """One supervised server process, ready when ``port`` on 127.0.0.1 accepts connections."""
 
@@ -83,6 +97,7 @@ class ChildProcess:
         self._watcher = asyncio.create_task(self._watch(), name=f"supervise-{self.name}")
 
     async def _spawn(self) -> None:
+        _keep_descriptors_from_children()
         out = await asyncio.to_thread(_open_log, self.log_path)
         with out:
             self._process = await asyncio.create_subprocess_exec(
