@@ -30,6 +30,8 @@ MAX_DISPLAY_NAME = 64
 MAX_DEVICE_NAME = 64
 
 _hasher = PasswordHasher()
+# Each argon2 hash takes 64 MiB and a core for tens of milliseconds: a few at a time.
+_hashing = asyncio.Semaphore(2)
 # Verified against when the username is unknown, so both failures take the same time.
 _DUMMY_HASH = _hasher.hash("kibitz-no-such-user")
 
@@ -68,7 +70,8 @@ class Accounts:
             raise InvalidRequest(f"display_name: 1 to {MAX_DISPLAY_NAME} characters")
         if self.registration == "closed":
             raise RegistrationClosed("registration is closed on this server")
-        hashed = await asyncio.to_thread(_hasher.hash, password)
+        async with _hashing:
+            hashed = await asyncio.to_thread(_hasher.hash, password)
         try:
             async with self.engine.begin() as db:
                 result = await db.execute(
@@ -87,7 +90,8 @@ class Accounts:
         """A new device and its token, or None when the username or password is wrong."""
         async with self.engine.connect() as db:
             row = (await db.execute(sa.select(users).where(users.c.username == username))).first()
-        ok = await asyncio.to_thread(_verify, row.password_hash if row else _DUMMY_HASH, password)
+        async with _hashing:
+            ok = await asyncio.to_thread(_verify, row.password_hash if row else _DUMMY_HASH, password)
         if row is None or not ok:
             return None
         token = secrets.token_urlsafe(32)

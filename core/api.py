@@ -104,11 +104,11 @@ async def log_in(request: Request) -> HTTPResponse:
         raise InvalidRequest("password: a string")
     if not isinstance(device_name, str) or not 1 <= len(device_name) <= 64:
         raise InvalidRequest("device_name: 1 to 64 characters")
-    kibitz.rate_limits.check_login(username, request.ip)
+    kibitz.rate_limits.login_attempt(username, request.ip)
     session = await kibitz.accounts.log_in(username, password, device_name)
     if session is None:
-        kibitz.rate_limits.login_failed(username, request.ip)
         raise Unauthorized("wrong username or password")
+    kibitz.rate_limits.login_succeeded(username, request.ip)
     token, device, user = session
     return json({"token": token, "device": device.to_dict(), "user": user.to_dict()}, 201)
 

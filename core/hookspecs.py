@@ -69,7 +69,7 @@ def register_routes(register: Callable[..., None], app: Kibitz) -> None:
     """Add HTTP routes: call ``register(path, handler, methods=("GET",))`` for each.
 
     Called once while the application is built. ``handler(request)`` is a Sanic handler
-    (async, returns a response); ``request.ctx.kibitz`` is the ``Kibitz`` services object.
+    (async, returns a response); ``request.app.ctx.kibitz`` is the ``Kibitz`` services object.
     Paths must not collide with the core's or another plugin's: a duplicate stops
     start-up. Every implementation runs. Added in 0.1.
     """

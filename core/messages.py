@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -37,7 +37,6 @@ MAX_PAGE = 200
 FOLLOW_BATCH = 1000
 FOLLOW_INTERVAL = 1.0
 MAX_UNCERTAIN = 10_000
-MAX_STORED_HERE = 100_000
 
 
 class Messages:
@@ -62,7 +61,7 @@ class Messages:
         self.max_chars = max_chars
         self.is_live = is_live
         self.follower = follower
-        self._in_flight: dict[tuple[int, str], asyncio.Future[tuple[Message, bytes]]] = {}
+        self._in_flight: dict[tuple[int, str], asyncio.Task[tuple[Message, bytes, bool]]] = {}
         # Concurrent sends share storage round trips (see kibitz.batching).
         self._lookups: Batcher[tuple[int, str], bytes | None] = Batcher(storage.find_sent)
         self._writes: Batcher[StoredMessage, None] = Batcher(self._store)
@@ -82,35 +81,33 @@ class Messages:
     async def send(
         self, sender: User, conversation: Conversation, body: str, client_msg_id: str
     ) -> tuple[Message, bytes, bool]:
-        """Accept a message; return it, its JSON, and whether it is new (False: an idempotent resend)."""
+        """Accept a message; return it, its JSON, and whether it is new (False: an idempotent resend).
+
+        The work runs as a task of its own, so a client that hangs up mid-send does not
+        cut it short between the log and storage; a resend meanwhile waits for the same
+        task and gets its message.
+        """
         key = (sender.id, client_msg_id)
-        pending = self._in_flight.get(key)
-        if pending is not None:  # the same send, still on its way: share its outcome
-            message, data = await asyncio.shield(pending)
-            return message, data, False
-        # Registered before the first await: a concurrent resend must not slip past the
-        # check above while this one looks for an earlier send.
-        future: asyncio.Future[tuple[Message, bytes]] = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
-        try:
-            existing = await self._find_sent(sender.id, client_msg_id)
-            if existing is not None:
-                found = Message.from_json(existing)
-                future.set_result((found, existing))
-                return found, existing, False
-            message, data = await self._accept(sender, conversation, body, client_msg_id)
-            future.set_result((message, data))
-            return message, data, True
-        except BaseException as e:
-            future.set_exception(e)
-            future.exception()  # retrieved: nobody else may be waiting
-            raise
-        finally:
-            del self._in_flight[key]
+        task = self._in_flight.get(key)
+        first = task is None
+        if task is None:
+            task = asyncio.create_task(self._send_once(sender, conversation, body, client_msg_id))
+            self._in_flight[key] = task
+            task.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        message, data, new = await asyncio.shield(task)
+        return message, data, new and first
+
+    async def _send_once(
+        self, sender: User, conversation: Conversation, body: str, client_msg_id: str
+    ) -> tuple[Message, bytes, bool]:
+        existing = await self._find_sent(sender.id, client_msg_id)
+        if existing is not None:
+            return Message.from_json(existing), existing, False
+        message, data = await self._accept(sender, conversation, body, client_msg_id)
+        return message, data, True
 
     async def _store(self, messages: list[StoredMessage]) -> list[None]:
         await self.storage.append(messages)
-        self.follower.stored([m.id for m in messages])
         return [None] * len(messages)
 
     def _checked_body(self, body: object) -> str:
@@ -226,16 +223,6 @@ class StorageFollower:
         self.transport = transport
         self.storage = storage
         self._task: asyncio.Task[None] | None = None
-        # Ids of messages this process has already stored on the send path: the follower
-        # only moves the position past them. Lost on restart, when it stores them again.
-        self._stored_here: set[int] = set()
-
-    def stored(self, message_ids: Sequence[int]) -> None:
-        """The send path stored these messages."""
-        if len(self._stored_here) > MAX_STORED_HERE:
-            # Left-overs of a race with the follower; forgetting only costs rewrites.
-            self._stored_here.clear()
-        self._stored_here.update(message_ids)
 
     async def catch_up(self) -> int:
         """Store every message after storage's position; return how many were read."""
@@ -245,14 +232,10 @@ class StorageFollower:
             records = await self.transport.messages(after, FOLLOW_BATCH)
             if not records:
                 return count
-            missing = []
-            for _, data in records:
-                message = Message.from_json(data)
-                if message.id in self._stored_here:
-                    self._stored_here.discard(message.id)
-                else:
-                    missing.append(StoredMessage.of(message, data))
-            await self.storage.append(missing, through=records[-1][0])
+            # Most are stored already (the send path stored them); storing again is harmless,
+            # and it is what brings them back if storage lost them.
+            stored = [StoredMessage.of(Message.from_json(data), data) for _, data in records]
+            await self.storage.append(stored, through=records[-1][0])
             count += len(records)
 
     def start(self) -> None:

@@ -49,6 +49,12 @@ class Window:
     def hit(self, key: str) -> None:
         self._recent(key, time.monotonic()).append(time.monotonic())
 
+    def forget_one(self, key: str) -> None:
+        """Take back the latest hit (an attempt that turned out not to count)."""
+        hits = self._hits.get(key)
+        if hits:
+            hits.pop()
+
 
 class Bucket:
     """A token bucket per key: bursts of ``burst``, ``rate`` per second sustained."""
@@ -79,13 +85,18 @@ class RateLimits:
         self.failed_logins = Window(10, 15 * 60, "failed logins for this account from this address")
         self.sends = Bucket(300, 30, "messages sent")
 
-    def check_login(self, username: str, address: str) -> None:
+    def login_attempt(self, username: str, address: str) -> None:
+        """Count a login attempt as failed until ``login_succeeded`` says otherwise.
+
+        Counting before the password check keeps parallel guesses from slipping past the limit.
+        """
         if self.enabled:
             self.failed_logins.check(f"{username}\0{address}")
-
-    def login_failed(self, username: str, address: str) -> None:
-        if self.enabled:
             self.failed_logins.hit(f"{username}\0{address}")
+
+    def login_succeeded(self, username: str, address: str) -> None:
+        if self.enabled:
+            self.failed_logins.forget_one(f"{username}\0{address}")
 
     def send(self, user_id: int) -> None:
         if self.enabled:

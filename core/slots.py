@@ -53,8 +53,9 @@ class Transport(Protocol):
     async def now(self) -> int:
         """The position of now: every event appended before this call is at or before it."""
 
-    async def read(self, user_id: int, after: int, limit: int) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` events of the user's log after ``after``, oldest first.
+    async def read(self, user_id: int, after: int, limit: int) -> tuple[list[tuple[int, bytes]], bool]:
+        """Up to ``limit`` events of the user's log after ``after``, oldest first, and
+        whether more follow them (a read may return fewer than ``limit`` and still have more).
 
         Raise ``CursorExpired`` when events after ``after`` may have been dropped by
         retention.

@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import orjson
@@ -64,7 +65,8 @@ COMMIT_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 5.0
 CONNECT_DEADLINE = 30.0
 ERROR_LOG_INTERVAL = 10.0
-DIRECT_GET_MAX_BYTES = 4 * 1024 * 1024
+DIRECT_GET_MAX_BYTES = 1024 * 1024
+READS_IN_FLIGHT = 8  # direct gets at once: reads never crowd out commits and the live feed
 
 
 @hookimpl
@@ -83,7 +85,9 @@ class NatsTransport:
         self.servers = [] if self.embedded else [u.strip() for u in url.split(",") if u.strip()]
         for server in self.servers:
             if not server.startswith(("nats://", "tls://", "ws://", "wss://")):
-                raise ConfigError(f"{settings.source('url')}={url!r}: expected 'embedded' or nats:// URLs")
+                raise ConfigError(
+                    f"{settings.source('url')}={_redact(server)!r}: expected 'embedded' or nats:// URLs"
+                )
         self.retention_age = settings.duration("retention_age", "30d")
         self.retention_bytes = settings.size("retention_bytes", "10GB")
         self.replicas = settings.integer("replicas", 1, minimum=1)
@@ -103,9 +107,9 @@ class NatsTransport:
         self._replies: dict[str, asyncio.Queue[Msg]] = {}
         self._reply_prefix = ""
         self._tokens = itertools.count()
-        self._first_seq = (0.0, 0)  # (checked at, stream's first sequence)
-        self._feed: Any = None
-        self._closing = False
+        self._reads = asyncio.Semaphore(READS_IN_FLIGHT)
+        self._last_error_log = 0.0
+        self._quiet = False  # no warnings while this process closes the connection
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -133,20 +137,31 @@ class NatsTransport:
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.25,
                     connect_timeout=REQUEST_TIMEOUT,
-                    error_cb=_log_nats_error,
-                    disconnected_cb=_log_state("nats_disconnected"),
-                    reconnected_cb=_log_state("nats_reconnected"),
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
                     pending_size=64 * 1024 * 1024,
                 ),
                 CONNECT_DEADLINE,
             )
         except TimeoutError:
-            raise ConnectionError(
-                f"cannot reach NATS at {', '.join(self.servers)} within {CONNECT_DEADLINE:.0f} s"
-            ) from None
+            servers = ", ".join(_redact(server) for server in self.servers)
+            raise ConnectionError(f"cannot reach NATS at {servers} within {CONNECT_DEADLINE:.0f} s") from None
+
+    async def _on_error(self, error: Exception) -> None:
+        """Log connection errors, at most one line every ``ERROR_LOG_INTERVAL`` seconds."""
+        if time.monotonic() - self._last_error_log >= ERROR_LOG_INTERVAL:
+            self._last_error_log = time.monotonic()
+            log.warning("nats_error", extra={"error": f"{type(error).__name__}: {error}"})
+
+    async def _on_disconnected(self) -> None:
+        if not self._quiet:
+            log.warning("nats_disconnected")
+
+    async def _on_reconnected(self) -> None:
+        log.warning("nats_reconnected")
 
     async def close(self) -> None:
-        self._closing = True
         if self._committer:
             self._committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -157,7 +172,7 @@ class NatsTransport:
             if not future.done():
                 future.set_exception(ConnectionError("transport closed"))
         if self.nc is not None:
-            _closing[0] = True
+            self._quiet = True
             with contextlib.suppress(Exception):
                 await self.nc.drain()
         if self.child:
@@ -277,49 +292,52 @@ class NatsTransport:
         last: int = info.state.last_seq
         return last
 
-    async def read(self, user_id: int, after: int, limit: int) -> list[tuple[int, bytes]]:
-        events = await self._direct_get(f"{EVENTS}.{user_id}", after + 1, limit)
-        if after + 1 < await self._stream_first_seq():
+    async def read(self, user_id: int, after: int, limit: int) -> tuple[list[tuple[int, bytes]], bool]:
+        events, more = await self._direct_get(f"{EVENTS}.{user_id}", after + 1, limit)
+        # Retention drops events from the front: if the first sequence, looked up after
+        # the read, is past ``after + 1``, events after the cursor may be gone.
+        if after + 1 < (await self._stream_info()).state.first_seq:
             raise CursorExpired(f"position {after} is older than the retained events")
-        return events
+        return events, more
 
     async def messages(self, after: int, limit: int) -> list[tuple[int, bytes]]:
-        return await self._direct_get(RECORDS, after + 1, limit)
+        records, _ = await self._direct_get(RECORDS, after + 1, limit)
+        return records
 
-    async def _stream_first_seq(self) -> int:
-        """The stream's first sequence, looked up at most once a second."""
-        checked, first = self._first_seq
-        if time.monotonic() - checked > 1.0:
-            info = await self._stream_info()
-            first = info.state.first_seq
-            self._first_seq = (time.monotonic(), first)
-        return first
-
-    async def _direct_get(self, subject: str, start: int, limit: int) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` messages on ``subject`` from sequence ``start``, via a batched direct get."""
+    async def _direct_get(self, subject: str, start: int, limit: int) -> tuple[list[tuple[int, bytes]], bool]:
+        """Up to ``limit`` messages on ``subject`` from sequence ``start`` (a batched direct
+        get), and whether more follow (the batch may also stop at ``DIRECT_GET_MAX_BYTES``).
+        """
         token = str(next(self._tokens))
         queue: asyncio.Queue[Msg] = asyncio.Queue()
-        self._replies[token] = queue
         request = {"seq": start, "next_by_subj": subject, "batch": limit, "max_bytes": DIRECT_GET_MAX_BYTES}
         found: list[tuple[int, bytes]] = []
-        try:
-            await self.nc.publish(
-                f"$JS.API.DIRECT.GET.{STREAM}", orjson.dumps(request), reply=f"{self._reply_prefix}.{token}"
-            )
-            while True:
-                try:
-                    msg = await asyncio.wait_for(queue.get(), REQUEST_TIMEOUT)
-                except TimeoutError:
-                    raise ConnectionError("nats: no answer to a direct get") from None
-                headers = msg.headers or {}
-                status = headers.get("Status")
-                if status in ("204", "404"):  # end of batch / nothing there
-                    return found
-                if status:
-                    raise ConnectionError(f"direct get answered {status} {headers.get('Description', '')}")
-                found.append((int(headers["Nats-Sequence"]), msg.data))
-        finally:
-            del self._replies[token]
+        async with self._reads:
+            self._replies[token] = queue
+            try:
+                await self.nc.publish(
+                    f"$JS.API.DIRECT.GET.{STREAM}",
+                    orjson.dumps(request),
+                    reply=f"{self._reply_prefix}.{token}",
+                )
+                while True:
+                    try:
+                        msg = await asyncio.wait_for(queue.get(), REQUEST_TIMEOUT)
+                    except TimeoutError:
+                        raise ConnectionError("nats: no answer to a direct get") from None
+                    headers = msg.headers or {}
+                    status = headers.get("Status")
+                    if status == "204":  # end of the batch: how many more match
+                        return found, int(headers.get("Nats-Num-Pending", 0)) > 0
+                    if status == "404":  # nothing (more) there
+                        return found, False
+                    if status:
+                        raise ConnectionError(
+                            f"direct get answered {status} {headers.get('Description', '')}"
+                        )
+                    found.append((int(headers["Nats-Sequence"]), msg.data))
+            finally:
+                del self._replies[token]
 
     async def _route_reply(self, msg: Msg) -> None:
         queue = self._replies.get(msg.subject.rsplit(".", 1)[-1])
@@ -339,7 +357,7 @@ class NatsTransport:
         itself from the last delivered stream sequence, so a NATS restart loses nothing.
         """
         start = await self.now() + 1
-        self._feed = await self.nc.jetstream().subscribe(
+        await self.nc.jetstream().subscribe(
             f"{EVENTS}.>",
             stream=STREAM,
             cb=self._receive_event,
@@ -394,20 +412,9 @@ def _write_config(folder: Path, port: int) -> Path:
     return config
 
 
-_last_error_log = [0.0]
-_closing = [False]  # set while this process closes its connection: no warnings then
-
-
-async def _log_nats_error(error: Exception) -> None:
-    """Log connection errors, at most one line every ``ERROR_LOG_INTERVAL`` seconds."""
-    if time.monotonic() - _last_error_log[0] >= ERROR_LOG_INTERVAL:
-        _last_error_log[0] = time.monotonic()
-        log.warning("nats_error", extra={"error": f"{type(error).__name__}: {error}"})
-
-
-def _log_state(event: str) -> Any:
-    async def callback() -> None:
-        if not _closing[0]:
-            log.warning(event)
-
-    return callback
+def _redact(url: str) -> str:
+    """A NATS URL with any password replaced by ``***``, fit for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.hostname}:{parts.port}"))

@@ -29,7 +29,7 @@ Key layout (``P`` is the prefix, ids are decimal):
 ``P position``
     String: the transport position through which every message is stored; only grows.
 
-One ``append`` is one MULTI/EXEC, messages and position together, so the position never
+One ``append`` is one script call, messages and position together, so the position never
 runs ahead of the history it covers; what the AOF may lose on power loss (up to a second)
 it loses together, and the core replays it from the transport log after ``position()``.
 Appending is idempotent (ZADD and SET NX of the same values change nothing), so a retry

@@ -461,3 +461,17 @@ async def test_passwords_and_tokens_never_reach_the_log(client: Client) -> None:
     assert log, "the server log is empty: is it being written?"
     for leaked in (secret, wrong, token):
         assert leaked not in log
+
+
+async def test_parallel_wrong_logins_are_throttled_too(client: Client) -> None:
+    """Guesses sent all at once count as failures before they are checked."""
+    name, _ = await client.sign_up(fresh())
+    answers = await asyncio.gather(
+        *(
+            client.http.post("/sessions", json={"username": name, "password": "wrong password"})
+            for _ in range(30)
+        )
+    )
+    codes = [r.status_code for r in answers]
+    assert codes.count(401) <= 10, codes
+    assert codes.count(429) >= 20, codes

@@ -162,9 +162,25 @@ async def test_history_comes_back_when_redis_lost_its_data(tmp_path: Path, own_n
         server.stop()
         connection = aioredis.Redis(port=port)
         await connection.flushall()
-        await connection.aclose()
         server.start()
         assert (await client.history(bob, cid))["messages"] == sent
+
+        # Redis losing what was just written while Kibitz runs: the follower writes it back,
+        # and a resend is still recognised.
+        fresh = await client.send(alice, cid, "fresh", "fresh-1")
+        await connection.flushall()
+        await connection.aclose()
+
+        async def back() -> bool:
+            return (await client.history(bob, cid))["messages"][-1:] == [fresh]
+
+        await _wait_for(back, 30)
+        r = await client.http.post(
+            f"/conversations/{cid}/messages",
+            json={"body": "fresh", "client_msg_id": "fresh-1"},
+            headers=alice.headers,
+        )
+        assert r.status_code == 200 and r.json()["message"] == fresh
     finally:
         await client.close()
         server.stop()

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 
 from .kibitz_client import Client, Session, Socket
 
@@ -503,3 +504,30 @@ async def test_websocket_send_is_refused_like_http(client: Client) -> None:
     finally:
         await member.socket.close()
         await stranger.socket.close()
+
+
+async def test_a_send_cut_off_by_a_hang_up_then_resent_is_stored_once(client: Client) -> None:
+    """The client hangs up right after sending, then resends: one message, whatever the timing."""
+    alice, bob = await users(client, 2)
+    cid = await client.direct(alice, bob)
+    host, port = client.server.url.removeprefix("http://").split(":")
+    for n in range(30):
+        body = orjson.dumps({"body": f"cut {n}", "client_msg_id": f"cut-{n}"})
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"POST /api/v1/conversations/{cid}/messages HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {alice.token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        writer.transport.abort()  # hang up without waiting for the answer
+        again = await client.http.post(
+            f"/conversations/{cid}/messages",
+            json={"body": f"cut {n}", "client_msg_id": f"cut-{n}"},
+            headers=alice.headers,
+        )
+        assert again.status_code in (200, 201), again.text
+    history = (await client.history(bob, cid, limit=200))["messages"]
+    ids = [m["client_msg_id"] for m in history]
+    assert sorted(ids) == sorted(f"cut-{n}" for n in range(30)), "a resend after a hang-up was stored twice"

@@ -66,3 +66,15 @@ def test_sizes_and_durations() -> None:
     assert nats.duration("b", 0) == 90
     with pytest.raises(ConfigError, match="KIBITZ_NATS_C"):
         nats.duration("c", 0)
+
+
+def test_a_nats_password_never_shows_in_an_error() -> None:
+    from kibitz.plugins.nats import NatsTransport
+
+    settings = load_settings(environ={"KIBITZ_NATS_URL": "http://kibitz:s3cretpw@127.0.0.1:4222"}).plugin(
+        "nats"
+    )
+    with pytest.raises(ConfigError) as error:
+        NatsTransport(settings)
+    assert "s3cretpw" not in str(error.value)
+    assert "KIBITZ_NATS_URL" in str(error.value)

@@ -420,3 +420,18 @@ async def test_own_sends_from_the_asking_device_are_in_its_sync(client: Client) 
     assert again == mine
     events, _ = await client.drain_sync(alice, cursor)
     assert events == [{"type": "message", "message": mine}]
+
+
+async def test_a_backlog_bigger_than_one_read_is_never_cut_short(client: Client) -> None:
+    """Large events fill a transport read before ``limit`` does: ``has_more`` must still say so."""
+    alice, bob = await client.user(), await client.user()
+    cid = await client.direct(alice, bob)
+    since = (await client.sync(bob))["cursor"]
+    body = "€" * 4000  # 12 KB of UTF-8 per message
+    sent = [(await client.send(alice, cid, body))["id"] for _ in range(120)]
+    events, _ = await client.drain_sync(bob, since)
+    assert [e["message"]["id"] for e in events if e["type"] == "message"] == sent
+    socket = await Socket.open(client.server, bob, since=since)
+    replayed = await socket.messages(len(sent))
+    assert [m["id"] for m in replayed] == sent
+    await socket.close()

@@ -38,9 +38,7 @@ class Backlog:
 async def read_backlog(kibitz: Kibitz, user_id: int, after: int, limit: int) -> Backlog:
     """Up to ``limit`` events after ``after``; raise ``CursorExpired`` if retention dropped some."""
     live_position = kibitz.hub.position
-    events = await kibitz.transport.read(user_id, after, limit + 1)
-    has_more = len(events) > limit
-    events = events[:limit]
+    events, has_more = await kibitz.transport.read(user_id, after, limit)
     position = events[-1][0] if events else after
     if not has_more:
         position = max(position, live_position)

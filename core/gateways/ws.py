@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -24,7 +25,7 @@ from ..conversations import parse_id
 from ..errors import ApiError, CursorExpired, InvalidRequest
 from ..models import Device, User
 from ..plugin_manager import call_each
-from .sync import read_backlog
+from .sync import Backlog, read_backlog
 
 if TYPE_CHECKING:
     from ..app import Kibitz
@@ -34,6 +35,7 @@ log = logging.getLogger("kibitz.ws")
 HELLO_TIMEOUT = 10.0
 QUEUE_FRAMES = 2048  # frames waiting for a slow client before it is closed
 REPLAY_PAGE = 500
+TYPING_INTERVAL = 2.0  # seconds: typing frames closer together than this are not passed on
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED = 1003
@@ -58,10 +60,13 @@ class Connection:
         self.replaying = True
         self.held: list[tuple[int, bytes]] = []  # live events that arrived during the replay
         self.closing = False
+        self.typed: dict[int, float] = {}  # conversation id: when this connection last said typing
 
     # -- from the hub ---------------------------------------------------------------------
 
     def deliver(self, position: int, event: bytes) -> None:
+        if self.closing:
+            return
         if self.replaying:
             self.held.append((position, event))
             if len(self.held) > QUEUE_FRAMES * 4:
@@ -96,7 +101,7 @@ class Connection:
         with contextlib.suppress(asyncio.QueueFull):
             self.queue.put_nowait((code, reason))
         if self.queue.full():  # no room even for the close: close now
-            asyncio.get_running_loop().create_task(self.ws.close(code, reason))
+            _spawn(self.ws.close(code, reason))
 
     async def write_loop(self) -> None:
         while True:
@@ -108,19 +113,19 @@ class Connection:
 
     # -- replay ------------------------------------------------------------------------------
 
-    async def replay(self, after: int, first: list[tuple[int, bytes]] | None) -> None:
+    async def replay(self, after: int, first: Backlog | None) -> None:
         """Write the backlog after ``after`` then the events held meanwhile, then go live."""
         position = after
-        page = first
+        backlog = first
         while True:
-            if page is None:
-                page = (await read_backlog(self.kibitz, self.user_id, position, REPLAY_PAGE)).events
-            for event_position, event in page:
+            if backlog is None:
+                backlog = await read_backlog(self.kibitz, self.user_id, position, REPLAY_PAGE)
+            for event_position, event in backlog.events:
                 await self.queue.put(self.event_frame(event_position, event))
                 position = event_position
-            if len(page) < REPLAY_PAGE:
+            if not backlog.has_more:
                 break
-            page = None
+            backlog = None
         self.position = position
         self.replaying = False
         held, self.held = self.held, []
@@ -138,13 +143,13 @@ async def websocket(request: Request, ws: WebsocketImplProtocol) -> None:
     kibitz.hub.add(connection)
     writer: asyncio.Task[None] | None = None
     try:
-        first: list[tuple[int, bytes]] | None = None
+        first: Backlog | None = None
         if since is None:
             start = max(await kibitz.transport.now(), kibitz.hub.position)
         else:
             start = since
             try:
-                first = (await read_backlog(kibitz, user.id, since, REPLAY_PAGE)).events
+                first = await read_backlog(kibitz, user.id, since, REPLAY_PAGE)
             except CursorExpired:
                 await ws.close(
                     CLOSE_CURSOR_EXPIRED, "cursor expired; reload history, then connect without since"
@@ -253,6 +258,10 @@ async def _read(frame: dict[str, Any], connection: Connection, kibitz: Kibitz) -
 async def _typing(frame: dict[str, Any], connection: Connection, kibitz: Kibitz) -> None:
     cid = parse_id(frame.get("conversation_id"), "conversation_id")
     conversation = await kibitz.conversations.of_member(cid, connection.user_id)
+    now = time.monotonic()
+    if now - connection.typed.get(cid, -TYPING_INTERVAL) < TYPING_INTERVAL:
+        return  # said moments ago: the others' typing indicator is still on
+    connection.typed[cid] = now
     others = [uid for uid in conversation.members if uid != connection.user_id]
     if others:
         event = {"type": "typing", "conversation_id": str(cid), "user_id": str(connection.user_id)}
