@@ -139,22 +139,8 @@ class Conversations:
         """The direct conversation of the two users, made if new; True when made now."""
         low, high = sorted((creator_id, other_id))
         key = f"{low}:{high}"
-        now = _now_ms()
         try:
-            async with self.engine.begin() as db:
-                result = await db.execute(
-                    conversations.insert().values(
-                        type="direct", name=None, creator_id=creator_id, direct_key=key, created_ms=now
-                    )
-                )
-                cid = result.inserted_primary_key[0]
-                await db.execute(
-                    members.insert(),
-                    [
-                        {"conversation_id": cid, "user_id": creator_id, "joined_ms": now},
-                        {"conversation_id": cid, "user_id": other_id, "joined_ms": now},
-                    ],
-                )
+            cid = await self._insert("direct", None, creator_id, [creator_id, other_id], direct_key=key)
         except IntegrityError:
             async with self.engine.connect() as db:
                 cid = (
@@ -169,23 +155,34 @@ class Conversations:
         return conversation, True
 
     async def create_group(self, creator_id: int, name: str, member_ids: Sequence[int]) -> Conversation:
-        now = _now_ms()
-        everyone = list(dict.fromkeys([creator_id, *member_ids]))
-        async with self.engine.begin() as db:
-            result = await db.execute(
-                conversations.insert().values(
-                    type="group", name=name, creator_id=creator_id, direct_key=None, created_ms=now
-                )
-            )
-            cid = result.inserted_primary_key[0]
-            await db.execute(
-                members.insert(),
-                [{"conversation_id": cid, "user_id": uid, "joined_ms": now} for uid in everyone],
-            )
+        cid = await self._insert("group", name, creator_id, list(dict.fromkeys([creator_id, *member_ids])))
         conversation = await self.get(cid)
         assert conversation is not None
         await self.announce(conversation, conversation.members)
         return conversation
+
+    async def _insert(
+        self,
+        kind: str,
+        name: str | None,
+        creator_id: int,
+        member_ids: list[int],
+        direct_key: str | None = None,
+    ) -> int:
+        """A new conversation and its members, in one transaction; its id."""
+        now = _now_ms()
+        async with self.engine.begin() as db:
+            result = await db.execute(
+                conversations.insert().values(
+                    type=kind, name=name, creator_id=creator_id, direct_key=direct_key, created_ms=now
+                )
+            )
+            cid: int = result.inserted_primary_key[0]
+            await db.execute(
+                members.insert(),
+                [{"conversation_id": cid, "user_id": uid, "joined_ms": now} for uid in member_ids],
+            )
+        return cid
 
     async def add_member(self, conversation: Conversation, user_id: int) -> Conversation:
         if conversation.type != "group":

