@@ -145,6 +145,22 @@ class Session:
         return {"Authorization": f"Bearer {self.token}"}
 
 
+def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The protocol's error answer: the status and ``{"error": {"code", "message"}}`` as JSON.
+
+    Returns the inner ``error`` object.
+    """
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers.get("content-type", "").startswith("application/json"), r.headers
+    body = r.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) >= {"code", "message"}, body
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
+    error: dict[str, Any] = body["error"]
+    return error
+
+
 class Client:
     """HTTP calls against one server, as a test needs them."""
 
@@ -173,6 +189,10 @@ class Client:
         """A new user with one device."""
         name, _ = await self.sign_up(**extra)
         return await self.log_in(name)
+
+    async def users(self, count: int) -> list[Session]:
+        """``count`` new users, signed up and logged in concurrently (password hashing is slow)."""
+        return list(await asyncio.gather(*[self.user() for _ in range(count)]))
 
     async def direct(self, a: Session, b: Session) -> str:
         r = await self.http.post(

@@ -21,7 +21,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from .kibitz_client import PASSWORD, Client, Server, Socket, make_server
+from .kibitz_client import PASSWORD, Client, Server, Socket, assert_error, make_server
 
 # Accounts are relational state: these tests run on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.relational
@@ -32,16 +32,6 @@ ALLOWED = string.ascii_lowercase + string.digits + "_.-"
 def fresh(length: int = 13) -> str:
     """A username nobody else uses: ``length`` characters of the allowed alphabet."""
     return ("u" + uuid.uuid4().hex + uuid.uuid4().hex)[:length]
-
-
-def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """The protocol's error answer: the status and ``{"error": {"code", "message"}}``."""
-    assert r.status_code == status, (r.status_code, r.text)
-    body = r.json()
-    assert set(body) == {"error"}, body
-    assert body["error"]["code"] == code, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
-    return body["error"]
 
 
 def assert_user(user: dict[str, Any], username: str | None = None) -> None:

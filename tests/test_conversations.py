@@ -13,28 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
-from .kibitz_client import Client, Session
+from .kibitz_client import Client, Session, assert_error
 
 # Conversations and members are relational state: these tests run on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.relational
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 NO_SUCH_ID = "999999999999"  # a well-formed id that no user, conversation or message has
-
-
-async def users(client: Client, count: int) -> list[Session]:
-    """``count`` new users, signed up and logged in concurrently (password hashing is slow)."""
-    return list(await asyncio.gather(*[client.user() for _ in range(count)]))
-
-
-def error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """Assert the protocol's error answer and return its body."""
-    assert r.status_code == status, (r.status_code, r.text)
-    body: dict[str, Any] = r.json()
-    assert set(body) == {"error"}, body
-    assert body["error"]["code"] == code, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
-    return body
 
 
 async def create(client: Client, who: Session, body: Any) -> httpx.Response:
@@ -90,7 +75,7 @@ def check_shape(conversation: dict[str, Any]) -> None:
 
 
 async def test_direct_is_created_once_per_pair_whoever_creates_it(client: Client) -> None:
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     r = await create(client, alice, {"type": "direct", "members": [bob.id]})
     assert r.status_code == 201, r.text
     made = r.json()["conversation"]
@@ -115,7 +100,7 @@ async def test_direct_is_created_once_per_pair_whoever_creates_it(client: Client
 
 
 async def test_direct_made_by_the_other_member_first_is_shared(client: Client) -> None:
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     first = await create(client, bob, {"type": "direct", "members": [alice.id]})
     assert first.status_code == 201, first.text
     second = await create(client, alice, {"type": "direct", "members": [bob.id]})
@@ -124,7 +109,7 @@ async def test_direct_made_by_the_other_member_first_is_shared(client: Client) -
 
 
 async def test_direct_created_by_both_at_once_is_one_conversation(client: Client) -> None:
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     answers = await asyncio.gather(
         *[create(client, alice, {"type": "direct", "members": [bob.id]}) for _ in range(3)],
         *[create(client, bob, {"type": "direct", "members": [alice.id]}) for _ in range(3)],
@@ -135,7 +120,7 @@ async def test_direct_created_by_both_at_once_is_one_conversation(client: Client
 
 
 async def test_direct_failures(client: Client) -> None:
-    alice, bob, carol = await users(client, 3)
+    alice, bob, carol = await client.users(3)
     cases: dict[str, Any] = {
         "unknown user": {"type": "direct", "members": [NO_SUCH_ID]},
         "self": {"type": "direct", "members": [alice.id]},
@@ -152,7 +137,7 @@ async def test_direct_failures(client: Client) -> None:
     for case, body in cases.items():
         r = await create(client, alice, body)
         assert r.status_code == 400, (case, r.text)
-        error(r, 400, "invalid_request")
+        assert_error(r, 400, "invalid_request")
     # A request that fails changes nothing.
     assert await listing(client, alice) == []
     assert await listing(client, bob) == []
@@ -165,26 +150,26 @@ async def test_create_with_malformed_json_is_400(client: Client) -> None:
         content=b"{not json",
         headers={**alice.headers, "Content-Type": "application/json"},
     )
-    error(r, 400, "invalid_request")
+    assert_error(r, 400, "invalid_request")
 
 
 async def test_conversation_calls_need_a_token(client: Client) -> None:
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     cid = await client.direct(alice, bob)
-    error(await client.http.get("/conversations"), 401, "unauthorized")
-    error(
+    assert_error(await client.http.get("/conversations"), 401, "unauthorized")
+    assert_error(
         await client.http.get("/conversations", headers={"Authorization": "Bearer nope"}),
         401,
         "unauthorized",
     )
-    error(await client.http.get(f"/conversations/{cid}"), 401, "unauthorized")
+    assert_error(await client.http.get(f"/conversations/{cid}"), 401, "unauthorized")
 
 
 # -- groups --------------------------------------------------------------------------------
 
 
 async def test_group_is_created_with_the_creator_as_a_member(client: Client) -> None:
-    alice, bob, carol = await users(client, 3)
+    alice, bob, carol = await client.users(3)
     r = await create(client, alice, {"type": "group", "name": "Team", "members": [bob.id, carol.id]})
     assert r.status_code == 201, r.text
     made = r.json()["conversation"]
@@ -201,7 +186,7 @@ async def test_group_is_created_with_the_creator_as_a_member(client: Client) -> 
 
 
 async def test_each_group_is_a_new_conversation(client: Client) -> None:
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     one = await create(client, alice, {"type": "group", "name": "g", "members": [bob.id]})
     two = await create(client, alice, {"type": "group", "name": "g", "members": [bob.id]})
     assert one.status_code == two.status_code == 201, (one.text, two.text)
@@ -209,7 +194,7 @@ async def test_each_group_is_a_new_conversation(client: Client) -> None:
 
 
 async def test_group_failures(client: Client) -> None:
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     cases: dict[str, Any] = {
         "name missing": {"type": "group", "members": [bob.id]},
         "name empty": {"type": "group", "name": "", "members": [bob.id]},
@@ -221,7 +206,7 @@ async def test_group_failures(client: Client) -> None:
     for case, body in cases.items():
         r = await create(client, alice, body)
         assert r.status_code == 400, (case, r.text)
-        error(r, 400, "invalid_request")
+        assert_error(r, 400, "invalid_request")
     assert await listing(client, alice) == []
     assert await listing(client, bob) == []
 
@@ -230,7 +215,7 @@ async def test_group_failures(client: Client) -> None:
 
 
 async def test_list_is_most_recent_activity_first(client: Client) -> None:
-    alice, bob, carol, dave = await users(client, 4)
+    alice, bob, carol, dave = await client.users(4)
     first = await client.direct(alice, bob)
     second = await client.group(alice, [carol], name="second")
     third = await client.direct(dave, alice)
@@ -273,7 +258,7 @@ async def test_list_of_a_new_user_is_empty(client: Client) -> None:
 
 
 async def test_get_answers_members_and_hides_from_everyone_else(client: Client) -> None:
-    alice, bob, eve = await users(client, 3)
+    alice, bob, eve = await client.users(3)
     cid = await client.direct(alice, bob)
     message = await client.send(alice, cid, "hello")
     seen = await view(client, bob, cid)
@@ -283,8 +268,8 @@ async def test_get_answers_members_and_hides_from_everyone_else(client: Client) 
     assert seen["unread_count"] == 1
     assert (await view(client, alice, cid))["unread_count"] == 0
 
-    hidden = error(await get(client, eve, cid), 404, "not_found")
-    missing = error(await get(client, eve, NO_SUCH_ID), 404, "not_found")
+    hidden = assert_error(await get(client, eve, cid), 404, "not_found")
+    missing = assert_error(await get(client, eve, NO_SUCH_ID), 404, "not_found")
     assert hidden == missing  # exactly as a conversation that does not exist
     # The other calls on the conversation hide it the same way.
     for r in (
@@ -294,18 +279,18 @@ async def test_get_answers_members_and_hides_from_everyone_else(client: Client) 
         ),
         await mark(client, eve, cid, {"message_id": message["id"]}),
     ):
-        error(r, 404, "not_found")
+        assert_error(r, 404, "not_found")
 
 
 async def test_a_conversation_id_that_cannot_exist_is_404(client: Client) -> None:
     """PROTOCOL.md lists only 404 for ``GET /conversations/{cid}``: no such id is no such id,
     whatever its spelling, and never a 500."""
     alice = await client.user()
-    missing = error(await get(client, alice, NO_SUCH_ID), 404, "not_found")
+    missing = assert_error(await get(client, alice, NO_SUCH_ID), 404, "not_found")
     wrong: list[tuple[str, int, str]] = []
     for cid in ("9" * 19, str(2**63), "\u00b2", "abc", "-1", "1.0", "9" * 30):
         r = await get(client, alice, cid)
-        if r.status_code != 404 or r.json() != missing:
+        if r.status_code != 404 or r.json() != {"error": missing}:
             wrong.append((cid, r.status_code, r.text))
     assert wrong == [], wrong
 
@@ -314,9 +299,9 @@ async def test_a_conversation_id_that_cannot_exist_is_404(client: Client) -> Non
 
 
 async def test_any_member_may_add_to_a_group(client: Client) -> None:
-    alice, bob, carol, dave = await users(client, 4)
+    alice, bob, carol, dave = await client.users(4)
     cid = await client.group(alice, [bob])
-    error(await get(client, carol, cid), 404, "not_found")
+    assert_error(await get(client, carol, cid), 404, "not_found")
 
     r = await add(client, bob, cid, carol.id)  # bob did not create the group
     assert r.status_code == 200, r.text
@@ -336,39 +321,39 @@ async def test_any_member_may_add_to_a_group(client: Client) -> None:
 
 
 async def test_adding_to_a_direct_conversation_is_400(client: Client) -> None:
-    alice, bob, carol = await users(client, 3)
+    alice, bob, carol = await client.users(3)
     cid = await client.direct(alice, bob)
-    error(await add(client, alice, cid, carol.id), 400, "invalid_request")
+    assert_error(await add(client, alice, cid, carol.id), 400, "invalid_request")
     assert sorted((await view(client, alice, cid))["members"]) == sorted([alice.id, bob.id])
-    error(await get(client, carol, cid), 404, "not_found")
+    assert_error(await get(client, carol, cid), 404, "not_found")
 
 
 async def test_adding_failures(client: Client) -> None:
-    alice, bob, eve, carol = await users(client, 4)
+    alice, bob, eve, carol = await client.users(4)
     cid = await client.group(alice, [bob])
     # A caller who is not a member: 404, as for a conversation that does not exist.
-    hidden = error(await add(client, eve, cid, carol.id), 404, "not_found")
-    assert error(await add(client, eve, NO_SUCH_ID, carol.id), 404, "not_found") == hidden
-    error(await add(client, alice, cid, NO_SUCH_ID), 400, "invalid_request")
-    error(await add(client, alice, cid, None), 400, "invalid_request")
-    error(await add(client, alice, cid, "carol"), 400, "invalid_request")
+    hidden = assert_error(await add(client, eve, cid, carol.id), 404, "not_found")
+    assert assert_error(await add(client, eve, NO_SUCH_ID, carol.id), 404, "not_found") == hidden
+    assert_error(await add(client, alice, cid, NO_SUCH_ID), 400, "invalid_request")
+    assert_error(await add(client, alice, cid, None), 400, "invalid_request")
+    assert_error(await add(client, alice, cid, "carol"), 400, "invalid_request")
     r = await client.http.post(f"/conversations/{cid}/members", json={}, headers=alice.headers)
-    error(r, 400, "invalid_request")
+    assert_error(r, 400, "invalid_request")
     # Nothing changed.
     assert sorted((await view(client, alice, cid))["members"]) == sorted([alice.id, bob.id])
-    error(await get(client, carol, cid), 404, "not_found")
-    error(await get(client, eve, cid), 404, "not_found")
+    assert_error(await get(client, carol, cid), 404, "not_found")
+    assert_error(await get(client, eve, cid), 404, "not_found")
 
 
 # -- removing members ----------------------------------------------------------------------
 
 
 async def test_leaving_and_removing_in_a_group(client: Client) -> None:
-    alice, bob, carol, dave, eve = await users(client, 5)
+    alice, bob, carol, dave, eve = await client.users(5)
     cid = await client.group(alice, [bob, carol, dave])
 
     # Only the creator removes others.
-    error(await remove(client, bob, cid, carol.id), 403, "forbidden")
+    assert_error(await remove(client, bob, cid, carol.id), 403, "forbidden")
     assert carol.id in (await view(client, alice, cid))["members"]
 
     # Anyone leaves.
@@ -382,27 +367,29 @@ async def test_leaving_and_removing_in_a_group(client: Client) -> None:
     assert sorted((await view(client, dave, cid))["members"]) == sorted([alice.id, dave.id])
 
     # A caller who is not a member: 404.
-    error(await remove(client, eve, cid, eve.id), 404, "not_found")
-    error(await remove(client, eve, cid, dave.id), 404, "not_found")
+    assert_error(await remove(client, eve, cid, eve.id), 404, "not_found")
+    assert_error(await remove(client, eve, cid, dave.id), 404, "not_found")
     assert sorted((await view(client, alice, cid))["members"]) == sorted([alice.id, dave.id])
 
 
 async def test_after_leaving_the_conversation_is_gone_for_that_user(client: Client) -> None:
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     cid = await client.group(alice, [bob])
     before = await client.send(alice, cid, "before")
     r = await remove(client, bob, cid, bob.id)
     assert r.status_code == 204, r.text
 
-    missing = error(await get(client, bob, NO_SUCH_ID), 404, "not_found")
-    assert error(await get(client, bob, cid), 404, "not_found") == missing
+    missing = assert_error(await get(client, bob, NO_SUCH_ID), 404, "not_found")
+    assert assert_error(await get(client, bob, cid), 404, "not_found") == missing
     r = await client.http.post(
         f"/conversations/{cid}/messages", json={"body": "hi", "client_msg_id": "late"}, headers=bob.headers
     )
-    error(r, 404, "not_found")
-    error(await client.http.get(f"/conversations/{cid}/messages", headers=bob.headers), 404, "not_found")
-    error(await mark(client, bob, cid, {"message_id": before["id"]}), 404, "not_found")
-    error(await remove(client, bob, cid, bob.id), 404, "not_found")
+    assert_error(r, 404, "not_found")
+    assert_error(
+        await client.http.get(f"/conversations/{cid}/messages", headers=bob.headers), 404, "not_found"
+    )
+    assert_error(await mark(client, bob, cid, {"message_id": before["id"]}), 404, "not_found")
+    assert_error(await remove(client, bob, cid, bob.id), 404, "not_found")
     assert await listing(client, bob) == []
     # Bob's refused send stored nothing.
     assert [m["id"] for m in (await client.history(alice, cid))["messages"]] == [before["id"]]
@@ -414,40 +401,40 @@ async def test_after_leaving_the_conversation_is_gone_for_that_user(client: Clie
 
 
 async def test_after_being_removed_the_conversation_is_gone_for_that_user(client: Client) -> None:
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     cid = await client.group(alice, [bob])
     r = await remove(client, alice, cid, bob.id)
     assert r.status_code == 204, r.text
-    error(await get(client, bob, cid), 404, "not_found")
+    assert_error(await get(client, bob, cid), 404, "not_found")
     r = await client.http.post(
         f"/conversations/{cid}/messages", json={"body": "hi", "client_msg_id": "x"}, headers=bob.headers
     )
-    error(r, 404, "not_found")
+    assert_error(r, 404, "not_found")
     assert await listing(client, bob) == []
 
 
 async def test_a_direct_conversation_cannot_be_left(client: Client) -> None:
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     cid = await client.direct(alice, bob)
-    error(await remove(client, alice, cid, alice.id), 403, "forbidden")
-    error(await remove(client, alice, cid, bob.id), 403, "forbidden")
-    error(await remove(client, bob, cid, alice.id), 403, "forbidden")
+    assert_error(await remove(client, alice, cid, alice.id), 403, "forbidden")
+    assert_error(await remove(client, alice, cid, bob.id), 403, "forbidden")
+    assert_error(await remove(client, bob, cid, alice.id), 403, "forbidden")
     for who in (alice, bob):
         assert sorted((await view(client, who, cid))["members"]) == sorted([alice.id, bob.id])
 
 
 async def test_a_stranger_cannot_touch_a_direct_conversation(client: Client) -> None:
-    alice, bob, eve = await users(client, 3)
+    alice, bob, eve = await client.users(3)
     cid = await client.direct(alice, bob)
-    error(await remove(client, eve, cid, alice.id), 404, "not_found")
-    error(await remove(client, eve, cid, eve.id), 404, "not_found")
+    assert_error(await remove(client, eve, cid, alice.id), 404, "not_found")
+    assert_error(await remove(client, eve, cid, eve.id), 404, "not_found")
 
 
 # -- read markers ----------------------------------------------------------------------------
 
 
 async def test_read_marker_and_unread_count(client: Client) -> None:
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     cid = await client.direct(alice, bob)
     m1, m2, m3 = [await client.send(alice, cid, f"a{i}") for i in range(1, 4)]
     own = await client.send(bob, cid, "b1")
@@ -485,7 +472,7 @@ async def test_read_marker_and_unread_count(client: Client) -> None:
 
 
 async def test_read_marker_failures(client: Client) -> None:
-    alice, bob, carol = await users(client, 3)
+    alice, bob, carol = await client.users(3)
     cid = await client.direct(alice, bob)
     elsewhere = await client.direct(alice, carol)
     message = await client.send(alice, cid, "one")
@@ -498,14 +485,14 @@ async def test_read_marker_failures(client: Client) -> None:
         {"message_id": None},
         {},
     ):
-        error(await mark(client, bob, cid, body), 400, "invalid_request")
+        assert_error(await mark(client, bob, cid, body), 400, "invalid_request")
     r = await client.http.put(
         f"/conversations/{cid}/read",
         content=b"[1,",
         headers={**bob.headers, "Content-Type": "application/json"},
     )
-    error(r, 400, "invalid_request")
-    error(await mark(client, carol, cid, {"message_id": message["id"]}), 404, "not_found")
+    assert_error(r, 400, "invalid_request")
+    assert_error(await mark(client, carol, cid, {"message_id": message["id"]}), 404, "not_found")
     # A request that fails changes nothing.
     assert (await view(client, bob, cid))["unread_count"] == 1
 
@@ -514,7 +501,7 @@ async def test_read_marker_failures(client: Client) -> None:
 
 
 async def test_read_marker_goes_into_the_users_own_log_only(client: Client) -> None:
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     cid = await client.direct(alice, bob)
     message = await client.send(alice, cid, "read me")
     bob_start = (await client.sync(bob))["cursor"]
@@ -538,7 +525,7 @@ def conversation_events(events: list[dict[str, Any]], cid: str) -> list[dict[str
 
 
 async def test_conversation_events_reach_the_members_logs(client: Client) -> None:
-    alice, bob, carol, eve = await users(client, 4)
+    alice, bob, carol, eve = await client.users(4)
     start = {who.id: (await client.sync(who))["cursor"] for who in (alice, bob, carol, eve)}
 
     async def new_events(who: Session) -> list[dict[str, Any]]:
@@ -582,7 +569,7 @@ async def test_conversation_events_reach_the_members_logs(client: Client) -> Non
 
 
 async def test_direct_creation_is_an_event_for_both(client: Client) -> None:
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     start = {who.id: (await client.sync(who))["cursor"] for who in (alice, bob)}
     cid = await client.direct(bob, alice)
     for who in (alice, bob):

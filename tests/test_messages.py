@@ -17,26 +17,11 @@ from typing import Any
 import httpx
 import orjson
 
-from .kibitz_client import Client, Session, Socket
+from .kibitz_client import Client, Session, Socket, assert_error
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 NO_SUCH_ID = "999999999999"
 MESSAGE_FIELDS = {"id", "conversation_id", "sender_id", "body", "client_msg_id", "created_at"}
-
-
-async def users(client: Client, count: int) -> list[Session]:
-    """``count`` new users, signed up and logged in concurrently (password hashing is slow)."""
-    return list(await asyncio.gather(*[client.user() for _ in range(count)]))
-
-
-def error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """Assert the protocol's error answer and return its body."""
-    assert r.status_code == status, (r.status_code, r.text)
-    body: dict[str, Any] = r.json()
-    assert set(body) == {"error"}, body
-    assert body["error"]["code"] == code, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
-    return body
 
 
 async def post(client: Client, who: Session, cid: str, body: Any) -> httpx.Response:
@@ -77,7 +62,7 @@ def message_events(events: list[dict[str, Any]], cid: str) -> list[dict[str, Any
 
 
 async def test_send_answers_201_with_the_message(client: Client) -> None:
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     cid = await client.direct(alice, bob)
     r = await post(client, alice, cid, {"body": "hello", "client_msg_id": "c-1", "extra": "ignored"})
     assert r.status_code == 201, r.text
@@ -91,7 +76,7 @@ async def test_send_answers_201_with_the_message(client: Client) -> None:
 
 
 async def test_resending_a_client_msg_id_is_idempotent(client: Client) -> None:
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     cid = await client.direct(alice, bob)
     starts = {who.id: (await client.sync(who))["cursor"] for who in (alice, bob)}
 
@@ -115,7 +100,7 @@ async def test_resending_a_client_msg_id_is_idempotent(client: Client) -> None:
 
 
 async def test_client_msg_id_is_per_sender(client: Client) -> None:
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     cid = await client.direct(alice, bob)
     r1 = await post(client, alice, cid, {"body": "from alice", "client_msg_id": "shared"})
     r2 = await post(client, bob, cid, {"body": "from bob", "client_msg_id": "shared"})
@@ -128,7 +113,7 @@ async def test_client_msg_id_is_per_sender(client: Client) -> None:
 
 async def test_concurrent_resends_store_one_message(client: Client) -> None:
     """A client that retries before the first answer: one 201, the rest 200 with the same message."""
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     cid = await client.direct(alice, bob)
     rounds, copies = 5, 10
     for n in range(rounds):
@@ -142,16 +127,22 @@ async def test_concurrent_resends_store_one_message(client: Client) -> None:
 
 
 async def test_body_limits(client: Client) -> None:
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     cid = await client.direct(alice, bob)
-    error(await post(client, alice, cid, {"body": "", "client_msg_id": "empty"}), 400, "invalid_request")
-    error(await post(client, alice, cid, {"client_msg_id": "missing"}), 400, "invalid_request")
-    error(await post(client, alice, cid, {"body": 5, "client_msg_id": "number"}), 400, "invalid_request")
-    error(await post(client, alice, cid, {"body": None, "client_msg_id": "null"}), 400, "invalid_request")
+    assert_error(
+        await post(client, alice, cid, {"body": "", "client_msg_id": "empty"}), 400, "invalid_request"
+    )
+    assert_error(await post(client, alice, cid, {"client_msg_id": "missing"}), 400, "invalid_request")
+    assert_error(
+        await post(client, alice, cid, {"body": 5, "client_msg_id": "number"}), 400, "invalid_request"
+    )
+    assert_error(
+        await post(client, alice, cid, {"body": None, "client_msg_id": "null"}), 400, "invalid_request"
+    )
     r = await post(client, alice, cid, {"body": "x" * 4001, "client_msg_id": "too-long"})
-    error(r, 413, "payload_too_large")
+    assert_error(r, 413, "payload_too_large")
     r = await post(client, alice, cid, {"body": "é" * 4001, "client_msg_id": "too-long-2"})
-    error(r, 413, "payload_too_large")
+    assert_error(r, 413, "payload_too_large")
     assert (await client.history(alice, cid))["messages"] == []  # failures change nothing
 
     r = await post(client, alice, cid, {"body": "x" * 4000, "client_msg_id": "longest"})
@@ -167,12 +158,12 @@ async def test_body_limits(client: Client) -> None:
 
 
 async def test_client_msg_id_limits(client: Client) -> None:
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     cid = await client.direct(alice, bob)
     for bad in ("", "k" * 65, 7, None):
         r = await post(client, alice, cid, {"body": "hi", "client_msg_id": bad})
-        error(r, 400, "invalid_request")
-    error(await post(client, alice, cid, {"body": "hi"}), 400, "invalid_request")
+        assert_error(r, 400, "invalid_request")
+    assert_error(await post(client, alice, cid, {"body": "hi"}), 400, "invalid_request")
     assert (await client.history(alice, cid))["messages"] == []
 
     for good in ("k", "k" * 64):
@@ -182,7 +173,7 @@ async def test_client_msg_id_limits(client: Client) -> None:
 
 
 async def test_malformed_send_body_is_400(client: Client) -> None:
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     cid = await client.direct(alice, bob)
     for raw in (b"{", b"[]", b'"text"'):
         r = await client.http.post(
@@ -190,26 +181,28 @@ async def test_malformed_send_body_is_400(client: Client) -> None:
             content=raw,
             headers={**alice.headers, "Content-Type": "application/json"},
         )
-        error(r, 400, "invalid_request")
+        assert_error(r, 400, "invalid_request")
 
 
 async def test_non_member_send_is_404(client: Client) -> None:
-    alice, bob, eve = await users(client, 3)
+    alice, bob, eve = await client.users(3)
     cid = await client.direct(alice, bob)
-    hidden = error(await post(client, eve, cid, {"body": "hi", "client_msg_id": "e1"}), 404, "not_found")
-    missing = error(
+    hidden = assert_error(
+        await post(client, eve, cid, {"body": "hi", "client_msg_id": "e1"}), 404, "not_found"
+    )
+    missing = assert_error(
         await post(client, eve, NO_SUCH_ID, {"body": "hi", "client_msg_id": "e2"}), 404, "not_found"
     )
     assert hidden == missing
     assert (await client.history(alice, cid))["messages"] == []
-    error(await page(client, eve, cid), 404, "not_found")
+    assert_error(await page(client, eve, cid), 404, "not_found")
 
 
 # -- history pages ---------------------------------------------------------------------------
 
 
 async def test_history_pages(client: Client) -> None:
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     cid = await client.group(alice, [bob])
     empty = await client.history(alice, cid)
     assert empty == {"messages": [], "has_more": False}
@@ -278,7 +271,7 @@ async def test_history_pages(client: Client) -> None:
 
 
 async def test_history_query_limits(client: Client) -> None:
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     cid = await client.direct(alice, bob)
     message = await client.send(alice, cid, "only")
     for good in ("1", "200", "50"):
@@ -304,13 +297,13 @@ async def test_history_query_limits(client: Client) -> None:
         if r.status_code != 400:
             accepted.append((params, r.status_code))
         else:
-            error(r, 400, "invalid_request")
+            assert_error(r, 400, "invalid_request")
     assert accepted == [], f"the server did not answer 400 to these: {accepted}"
 
 
 async def test_history_blank_query_values_are_400(client: Client) -> None:
     """``?limit=`` is a parameter given and not an integer from 1 to 200: 400, not the default."""
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     cid = await client.direct(alice, bob)
     await client.send(alice, cid, "only")
     accepted: list[tuple[dict[str, str], int]] = []
@@ -319,23 +312,23 @@ async def test_history_blank_query_values_are_400(client: Client) -> None:
         if r.status_code != 400:
             accepted.append((params, r.status_code))
         else:
-            error(r, 400, "invalid_request")
+            assert_error(r, 400, "invalid_request")
     assert accepted == [], f"the server did not answer 400 to these: {accepted}"
 
 
 async def test_history_of_a_non_member_is_404(client: Client) -> None:
-    alice, bob, eve = await users(client, 3)
+    alice, bob, eve = await client.users(3)
     cid = await client.direct(alice, bob)
     await client.send(alice, cid, "private")
-    hidden = error(await page(client, eve, cid), 404, "not_found")
-    assert error(await page(client, eve, NO_SUCH_ID), 404, "not_found") == hidden
+    hidden = assert_error(await page(client, eve, cid), 404, "not_found")
+    assert assert_error(await page(client, eve, NO_SUCH_ID), 404, "not_found") == hidden
 
 
 # -- ids and times ---------------------------------------------------------------------------
 
 
 async def test_ids_increase_with_acceptance_and_times_are_utc(client: Client) -> None:
-    alice, bob, carol = await users(client, 3)
+    alice, bob, carol = await client.users(3)
     cid = await client.group(alice, [bob, carol])
     other = await client.direct(bob, carol)
     sent: list[dict[str, Any]] = []
@@ -354,7 +347,7 @@ async def test_ids_increase_with_acceptance_and_times_are_utc(client: Client) ->
 
 
 async def test_many_concurrent_senders_keep_each_senders_order(client: Client) -> None:
-    senders = await users(client, 10)
+    senders = await client.users(10)
     cid = await client.group(senders[0], senders[1:])
     per_sender = 30
 
@@ -415,7 +408,7 @@ class Inbox:
 
 
 async def test_a_group_message_reaches_every_device(client: Client) -> None:
-    alice, bob, carol, dave = await users(client, 4)
+    alice, bob, carol, dave = await client.users(4)
     alice_phone = await client.log_in(alice.user["username"], "phone")
     bob_phone = await client.log_in(bob.user["username"], "phone")
     cid = await client.group(alice, [bob, carol, dave])
@@ -444,7 +437,7 @@ async def test_a_group_message_reaches_every_device(client: Client) -> None:
 
 
 async def test_an_idempotent_resend_over_websocket_delivers_nothing_new(client: Client) -> None:
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     cid = await client.direct(alice, bob)
     a = Inbox(await Socket.open(client.server, alice))
     b = Inbox(await Socket.open(client.server, bob))
@@ -479,7 +472,7 @@ async def test_an_idempotent_resend_over_websocket_delivers_nothing_new(client: 
 
 
 async def test_websocket_send_is_refused_like_http(client: Client) -> None:
-    alice, bob, eve = await users(client, 3)
+    alice, bob, eve = await client.users(3)
     cid = await client.direct(alice, bob)
     member = Inbox(await Socket.open(client.server, alice))
     stranger = Inbox(await Socket.open(client.server, eve))
@@ -508,7 +501,7 @@ async def test_websocket_send_is_refused_like_http(client: Client) -> None:
 
 async def test_a_send_cut_off_by_a_hang_up_then_resent_is_stored_once(client: Client) -> None:
     """The client hangs up right after sending, then resends: one message, whatever the timing."""
-    alice, bob = await users(client, 2)
+    alice, bob = await client.users(2)
     cid = await client.direct(alice, bob)
     host, port = client.server.url.removeprefix("http://").split(":")
     for n in range(30):

@@ -18,7 +18,7 @@ import pytest
 
 from kibitz.supervisor import free_port
 
-from .kibitz_client import Client, Server, Socket, make_server, redis_child
+from .kibitz_client import Client, Server, Socket, assert_error, make_server, redis_child
 
 # Every HTTP call of PROTOCOL.md, as (method, full path); path parameters as ``{}``.
 # The Web Push calls join when Web Push is built (it is not part of this release).
@@ -44,18 +44,6 @@ PROTOCOL_API_CALLS = {
 }
 PROTOCOL_OPERATOR_CALLS = {("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics")}
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
-
-
-def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """The protocol's error answer: the status and ``{"error": {"code", "message"}}`` as JSON."""
-    assert r.status_code == status, (r.status_code, r.text)
-    assert r.headers.get("content-type", "").startswith("application/json"), r.headers
-    body = r.json()
-    assert set(body) == {"error"}, body
-    assert set(body["error"]) >= {"code", "message"}, body
-    assert body["error"]["code"] == code, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
-    return body["error"]
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .kibitz_client import Client, Server, Session, Socket, make_server
+from .kibitz_client import Client, Server, Session, Socket, assert_error, make_server
 
 Event = dict[str, Any]
 
@@ -24,12 +24,6 @@ Event = dict[str, Any]
 
 async def get_sync(client: Client, who: Session, **params: Any) -> httpx.Response:
     return await client.http.get("/sync", params=params, headers=who.headers, timeout=90)
-
-
-def assert_error(r: httpx.Response, status: int, code: str) -> None:
-    assert r.status_code == status, r.text
-    assert r.json()["error"]["code"] == code, r.text
-    assert isinstance(r.json()["error"]["message"], str)
 
 
 async def devices(client: Client, count: int) -> list[Session]:
