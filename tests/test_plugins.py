@@ -422,3 +422,26 @@ async def test_example_route_answers_without_a_token(client: Client) -> None:
         r = await http.get("/api/v1/-/example/accepted")
     assert r.status_code == 200, r.text
     assert isinstance(r.json()["accepted"], int)
+
+
+async def test_the_example_plugin_sees_startup_and_connections(client: Client) -> None:
+    """``startup``, ``connection_opened`` and ``connection_closed`` reach an installed plugin."""
+
+    async def counts() -> dict[str, int]:
+        r = await client.http.get("/-/example/counts")
+        assert r.status_code == 200, r.text
+        found: dict[str, int] = r.json()
+        return found
+
+    before = await counts()
+    assert before["started"] == 1
+    alice = await client.user()
+    socket = await Socket.open(client.server, alice)
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await counts())["opened"] < before["opened"] + 1:
+        assert asyncio.get_running_loop().time() < deadline, "connection_opened never ran"
+        await asyncio.sleep(0.05)
+    await socket.close()
+    while (await counts())["closed"] < before["closed"] + 1:
+        assert asyncio.get_running_loop().time() < deadline, "connection_closed never ran"
+        await asyncio.sleep(0.05)

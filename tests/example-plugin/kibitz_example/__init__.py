@@ -3,7 +3,10 @@
 - ``wrap_send``: refuses messages that start with ``!reject`` and upper-cases the rest
   of those that start with ``!shout ``.
 - ``message_accepted``: counts accepted messages.
-- ``register_routes``: ``GET /api/v1/-/example/accepted`` answers that count.
+- ``connection_opened`` / ``connection_closed``: counts WebSockets going live and closing.
+- ``startup``: notes that the server started.
+- ``register_routes``: ``GET /api/v1/-/example/accepted`` answers the accepted count,
+  ``GET /api/v1/-/example/counts`` all of them.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from typing import Any
 
 from sanic.response import json
 
-from kibitz import Draft, Message, Rejected, hookimpl
+from kibitz import Device, Draft, Message, Rejected, User, hookimpl
 
 accepted: list[str] = []
+counts = {"started": 0, "opened": 0, "closed": 0}
 
 
 @hookimpl
@@ -36,8 +40,27 @@ def message_accepted(message: Message) -> None:
 
 
 @hookimpl
+async def connection_opened(user: User, device: Device) -> None:
+    counts["opened"] += 1
+
+
+@hookimpl
+def connection_closed(device: Device) -> None:
+    counts["closed"] += 1
+
+
+@hookimpl
+def startup() -> None:
+    counts["started"] += 1
+
+
+@hookimpl
 def register_routes(register: Callable[..., None]) -> None:
-    async def count(request: Any) -> Any:
+    async def accepted_count(request: Any) -> Any:
         return json({"accepted": len(accepted)})
 
-    register("/api/v1/-/example/accepted", count)
+    async def all_counts(request: Any) -> Any:
+        return json({"accepted": len(accepted), **counts})
+
+    register("/api/v1/-/example/accepted", accepted_count)
+    register("/api/v1/-/example/counts", all_counts)
