@@ -36,12 +36,24 @@ class LiveConnection(Protocol):
         """Close the connection after what is already queued for it."""
 
 
+class Poll:
+    """A long poll in flight: the user's events that arrive while it waits, in log order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[int, bytes]] = []
+        self.arrived = asyncio.Event()
+
+    def add(self, position: int, event: bytes) -> None:
+        self.events.append((position, event))
+        self.arrived.set()
+
+
 class Hub:
     def __init__(self, metrics: Metrics, forget_conversation: Callable[[int], None]) -> None:
         self.metrics = metrics
         self.forget_conversation = forget_conversation
         self.connections: dict[int, set[LiveConnection]] = {}
-        self.polls: dict[int, list[asyncio.Event]] = {}  # long polls waiting, per user
+        self.polls: dict[int, list[Poll]] = {}  # long polls waiting, per user
         self.polling: dict[int, int] = {}  # long polls in flight, per user
         # The largest position the live feed has handed over: every event at or before it
         # that belongs to a connected user has been delivered to that user's connections.
@@ -59,8 +71,8 @@ class Hub:
             for connection in list(connections):
                 connection.deliver(position, event)
             self.metrics.delivered(len(connections), time.time() - committed_at)
-        for waiter in self.polls.get(user_id, ()):
-            waiter.set()
+        for poll in self.polls.get(user_id, ()):
+            poll.add(position, event)
 
     def on_signal(self, user_ids: tuple[int, ...], payload: bytes) -> None:
         if payload.startswith(REVOKE_SIGNAL):
@@ -88,17 +100,17 @@ class Hub:
                 del self.connections[connection.user_id]
             self.metrics.connections.labels("websocket").dec()
 
-    def start_poll(self, user_id: int) -> asyncio.Event:
-        """A long poll begins: an event set when the next event of ``user_id`` arrives."""
-        event = asyncio.Event()
-        self.polls.setdefault(user_id, []).append(event)
+    def start_poll(self, user_id: int) -> Poll:
+        """A long poll begins: it collects the events of ``user_id`` that arrive from now on."""
+        poll = Poll()
+        self.polls.setdefault(user_id, []).append(poll)
         self.polling[user_id] = self.polling.get(user_id, 0) + 1
         self.metrics.connections.labels("longpoll").inc()
-        return event
+        return poll
 
-    def end_poll(self, user_id: int, event: asyncio.Event) -> None:
+    def end_poll(self, user_id: int, poll: Poll) -> None:
         waiters = self.polls.get(user_id, [])
-        waiters.remove(event)
+        waiters.remove(poll)
         if not waiters:
             del self.polls[user_id]
         self.polling[user_id] -= 1
@@ -117,6 +129,6 @@ class Hub:
 
     def close_all(self) -> None:
         """Wake every long poll (shutdown); WebSockets are closed by their gateway."""
-        for waiters in self.polls.values():
-            for waiter in waiters:
-                waiter.set()
+        for polls in self.polls.values():
+            for poll in polls:
+                poll.arrived.set()

@@ -63,18 +63,23 @@ async def sync(request: Request) -> HTTPResponse:
         now = await kibitz.transport.now()
         return _answer(kibitz, user, Backlog([], now, False))
     after = decode_cursor(kibitz, user, since)
-    waiter = kibitz.hub.start_poll(user.id) if timeout else None
+    poll = kibitz.hub.start_poll(user.id) if timeout else None
     try:
         backlog = await read_backlog(kibitz, user.id, after, limit)
-        if waiter is not None and not backlog.events and not kibitz.stopping.is_set():
+        if poll is not None and not backlog.events and not kibitz.stopping.is_set():
+            # Nothing after the cursor up to the end of the log: every event of the user
+            # from here on reaches the poll through the live feed, so answer with those.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter.wait(), timeout)
-            backlog = await read_backlog(kibitz, user.id, after, limit)
+                await asyncio.wait_for(poll.arrived.wait(), timeout)
+            arrived = [(position, event) for position, event in poll.events if position > after]
+            if arrived:
+                events = arrived[:limit]
+                backlog = Backlog(events, events[-1][0], len(arrived) > limit)
     except CursorExpired:
         raise CursorGone("the cursor is older than the event retention; reload history") from None
     finally:
-        if waiter is not None:
-            kibitz.hub.end_poll(user.id, waiter)
+        if poll is not None:
+            kibitz.hub.end_poll(user.id, poll)
     return _answer(kibitz, user, backlog)
 
 
