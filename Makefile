@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Kibitz needs Python 3.11 or newer (python3.11, python3.12 ...)"; exit 1; }
@@ -26,7 +26,12 @@ test: $(STAMP)
 	$(BIN)/pytest || test $$? -eq 5  # 5: no tests collected
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info

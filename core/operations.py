@@ -71,16 +71,14 @@ async def readiness_problem(kibitz: Kibitz) -> str | None:
             await db.execute(sa.text("SELECT 1"))
 
     checks = [
-        ("database", database()),
-        (f"transport {kibitz.settings.transport}", kibitz.transport.check()),
-        (f"storage {kibitz.settings.storage}", kibitz.storage.check()),
+        ("database", database),
+        (f"transport {kibitz.settings.transport}", kibitz.transport.check),
+        (f"storage {kibitz.settings.storage}", kibitz.storage.check),
     ]
     for name, check in checks:
         try:
-            await asyncio.wait_for(check, CHECK_TIMEOUT)
+            await asyncio.wait_for(check(), CHECK_TIMEOUT)
         except Exception as e:
-            for _, pending in checks:
-                pending.close()
             return f"{name}: {type(e).__name__}: {e}".rstrip(": ")
     return None
 

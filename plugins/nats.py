@@ -108,6 +108,7 @@ class NatsTransport:
         self._reply_prefix = ""
         self._tokens = itertools.count()
         self._reads = asyncio.Semaphore(READS_IN_FLIGHT)
+        self._feed: Any = None
         self._last_error_log = 0.0
         self._quiet = False  # no warnings while this process closes the connection
 
@@ -171,6 +172,9 @@ class NatsTransport:
         for _, future in self._pending:
             if not future.done():
                 future.set_exception(ConnectionError("transport closed"))
+        if self._feed is not None:
+            with contextlib.suppress(Exception):
+                await self._feed.unsubscribe()
         if self.nc is not None:
             self._quiet = True
             with contextlib.suppress(Exception):
@@ -357,7 +361,7 @@ class NatsTransport:
         itself from the last delivered stream sequence, so a NATS restart loses nothing.
         """
         start = await self.now() + 1
-        await self.nc.jetstream().subscribe(
+        self._feed = await self.nc.jetstream().subscribe(
             f"{EVENTS}.>",
             stream=STREAM,
             cb=self._receive_event,

@@ -1,0 +1,24 @@
+"""The scenarios, in the order a run takes them (``--only`` picks among these names).
+
+Each module has ``run_scenario(ctx) -> dict``: its figures, for results.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..context import Context
+from . import catch_up, group_fanout, history, idle_connections, long_poll, one_to_one, startup
+
+Scenario = Callable[[Context], dict[str, Any]]
+
+SCENARIOS: dict[str, Scenario] = {
+    "one_to_one": one_to_one.run_scenario,
+    "group_fanout": group_fanout.run_scenario,
+    "long_poll": long_poll.run_scenario,
+    "catch_up": catch_up.run_scenario,
+    "idle_connections": idle_connections.run_scenario,
+    "history": history.run_scenario,
+    "startup": startup.run_scenario,  # last: it restarts the server on the folder the others filled
+}
