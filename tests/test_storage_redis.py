@@ -324,7 +324,10 @@ async def test_embedded_server_killed_is_survived(tmp_path: Path) -> None:
         assert server is not None
         server.kill()  # the supervisor restarts it; the client retries until it answers
         await storage.append([message(20)], through=2)
-        assert ids(await storage.page(CID, None, None, 10)) == [10, 20]
+        # Message 10 may be gone: with appendfsync everysec Redis can answer before its
+        # write reaches the file, and SIGKILL loses it. Kibitz's storage follower stores
+        # such messages again from the log; here only the retry across the restart counts.
+        assert ids(await storage.page(CID, None, None, 10))[-1] == 20
         assert await storage.position() == 2
         assert server.restarts == 1
         await storage.check()
