@@ -25,6 +25,9 @@ from kibitz.supervisor import ChildProcess, find_binary, free_port
 
 KIBITZ = str(Path(sys.executable).parent / "kibitz")
 PASSWORD = "correct horse battery"
+# Seconds between two looks at a condition. Every wait in the tests polls a condition up to
+# a deadline; none sleeps for a fixed time in the hope that something happened.
+POLL_INTERVAL = 0.05
 _numbers = itertools.count()
 
 
@@ -92,7 +95,7 @@ class Server:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"kibitz not ready in {timeout} s:\n{self.log()[-3000:]}")
-            time.sleep(0.05)
+            time.sleep(POLL_INTERVAL)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -111,6 +114,19 @@ class Server:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(5)
             raise
+
+
+async def wait_until(condition: Callable[[], Any], timeout: float = 30, what: str = "the condition") -> None:
+    """Poll ``condition`` (a function returning a bool, or an awaitable bool) until it holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, f"{what} did not hold within {timeout} s"
+        await asyncio.sleep(POLL_INTERVAL)
 
 
 def make_server(data_dir: Path, **env: str) -> Server:

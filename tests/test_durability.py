@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from kibitz.supervisor import ChildProcess
 
-from .kibitz_client import Client, Session, Socket, make_server, nats_child, redis_child
+from .kibitz_client import Client, Session, Socket, make_server, nats_child, redis_child, wait_until
 
 
 @pytest.fixture
@@ -45,14 +45,6 @@ async def _burst(
     await asyncio.gather(*(one(s) for s in senders))
 
 
-async def _wait_for(condition: Any, timeout: float = 30) -> None:
-    """Poll ``condition`` (returning a bool or an awaitable bool) until true, within ``timeout``."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await _value(condition()):
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
 async def test_sigkill_during_a_burst_loses_no_acknowledged_message(tmp_path: Path) -> None:
     server = make_server(tmp_path / "data", KIBITZ_RATE_LIMITS="off")
     server.start()
@@ -68,7 +60,7 @@ async def test_sigkill_during_a_burst_loses_no_acknowledged_message(tmp_path: Pa
         assert r.status_code == 200
         acked: list[dict[str, Any]] = []
         burst = asyncio.create_task(_burst(client, members, cid, 200, acked))
-        await _wait_for(lambda: len(acked) >= 150)
+        await wait_until(lambda: len(acked) >= 150)
         server.stop(signal.SIGKILL, group=True)
         await burst
         server.start()
@@ -91,10 +83,6 @@ async def test_sigkill_during_a_burst_loses_no_acknowledged_message(tmp_path: Pa
     finally:
         await client.close()
         server.stop()
-
-
-async def _value(result: Any) -> bool:
-    return bool(await result) if asyncio.iscoroutine(result) else bool(result)
 
 
 async def _all_history(client: Client, who: Session, cid: str) -> list[dict[str, Any]]:
@@ -164,7 +152,7 @@ async def test_history_comes_back_when_redis_lost_its_data(tmp_path: Path, own_n
         async def back() -> bool:
             return (await client.history(bob, cid))["messages"][-1:] == [fresh]
 
-        await _wait_for(back, 30)
+        await wait_until(back, 30)
         r = await client.http.post(
             f"/conversations/{cid}/messages",
             json={"body": "fresh", "client_msg_id": "fresh-1"},
@@ -202,7 +190,7 @@ async def test_nats_restarted_under_a_live_server_recovers(tmp_path: Path, own_n
                 return False
             return r.status_code in (200, 201)
 
-        await _wait_for(sent_after_restart, 60)
+        await wait_until(sent_after_restart, 60)
         assert [m["body"] for m in await socket.messages(1, timeout=30)] == ["after"]
         events, _ = await client.drain_sync(bob, cursor)
         assert [e["message"]["body"] for e in events if e["type"] == "message"] == ["before", "after"]

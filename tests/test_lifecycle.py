@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from .kibitz_client import Client, Server, Socket, make_server
+from .kibitz_client import Client, Server, Socket, make_server, wait_until
 
 
 def children(server: Server) -> dict[str, int]:
@@ -31,13 +30,6 @@ def children(server: Server) -> dict[str, int]:
         if parent == server.process.pid:
             found[name] = int(entry.name)
     return found
-
-
-async def wait_until(condition, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -79,10 +71,7 @@ async def test_a_dead_embedded_child_is_restarted(embedded: Server) -> None:
                 return False
             return r.status_code in (200, 201)
 
-        deadline = asyncio.get_running_loop().time() + 60
-        while not await sent():
-            assert asyncio.get_running_loop().time() < deadline, "no send succeeded after the restart"
-            await asyncio.sleep(0.1)
+        await wait_until(sent, 60, "a send after the restart")
         bodies = [m["body"] for m in (await client.history(bob, cid))["messages"]]
         assert bodies == ["before", "after"]
     finally:

@@ -18,7 +18,7 @@ import pytest
 
 from kibitz.supervisor import free_port
 
-from .kibitz_client import Client, Server, Socket, assert_error, make_server, redis_child
+from .kibitz_client import POLL_INTERVAL, Client, Server, Socket, assert_error, make_server, redis_child
 
 # Every HTTP call of PROTOCOL.md, as (method, full path); path parameters as ``{}``.
 # The Web Push calls join when Web Push is built (it is not part of this release).
@@ -144,7 +144,7 @@ async def test_discovery_counts_open_websockets(client: Client) -> None:
     deadline = time.monotonic() + 10
     while (seen := await connections()) < 1:
         assert time.monotonic() < deadline, f"connections stayed {seen} with a WebSocket open"
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(POLL_INTERVAL)
     await socket.close()
 
 
@@ -275,7 +275,7 @@ async def poll_readyz(url: str, status: int, timeout: float = 30) -> httpx.Respo
             if r.status_code == status:
                 return r
             assert time.monotonic() < deadline, f"/readyz stayed {r.status_code}: {r.text}"
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(POLL_INTERVAL)
 
 
 async def test_readyz_is_503_naming_redis_when_it_stops(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from kibitz.plugin_manager import SendWrappers, call_each, create_plugin_manager
 from kibitz.settings import load_settings
 from kibitz.supervisor import free_port
 
-from .kibitz_client import KIBITZ, Client, Socket
+from .kibitz_client import KIBITZ, POLL_INTERVAL, Client, Socket
 
 REJECT_REASON = "the example plugin refuses messages that start with !reject"
 
@@ -167,7 +167,7 @@ async def test_accepted_route_counts_accepted_messages(client: Client) -> None:
     deadline = time.monotonic() + 10
     while (now := await accepted_count(client)) < before + 2:
         assert time.monotonic() < deadline, f"accepted stayed at {now}, expected at least {before + 2}"
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(POLL_INTERVAL)
 
 
 # -- extension hooks that raise are isolated (in process) ------------------------------------
@@ -440,8 +440,8 @@ async def test_the_example_plugin_sees_startup_and_connections(client: Client) -
     deadline = asyncio.get_running_loop().time() + 10
     while (await counts())["opened"] < before["opened"] + 1:
         assert asyncio.get_running_loop().time() < deadline, "connection_opened never ran"
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(POLL_INTERVAL)
     await socket.close()
     while (await counts())["closed"] < before["closed"] + 1:
         assert asyncio.get_running_loop().time() < deadline, "connection_closed never ran"
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(POLL_INTERVAL)

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .kibitz_client import Client, Session, make_server
+from .kibitz_client import POLL_INTERVAL, Client, Session, make_server
 
 LAZYFS = Path(os.environ.get("LAZYFS_BIN", Path.home() / ".cache/lazyfs/src/lazyfs/build/lazyfs"))
 
@@ -48,7 +48,7 @@ class LazyFS:
         deadline = time.monotonic() + 30
         while "cache is cleared" not in self.log.read_text(errors="replace"):
             assert time.monotonic() < deadline, "LazyFS did not clear its cache"
-            time.sleep(0.05)
+            time.sleep(POLL_INTERVAL)
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def lazyfs() -> Iterator[LazyFS]:
     deadline = time.monotonic() + 30
     while not (os.path.ismount(mount) and fs.log.exists() and "waiting for fault" in fs.log.read_text()):
         assert process.poll() is None and time.monotonic() < deadline, "LazyFS did not mount"
-        time.sleep(0.05)
+        time.sleep(POLL_INTERVAL)
     yield fs
     subprocess.run(["fusermount3", "-u", str(mount)], check=False, capture_output=True)
     try:
@@ -117,7 +117,7 @@ async def test_a_power_cut_during_a_burst_loses_no_acknowledged_message(lazyfs: 
         deadline = asyncio.get_running_loop().time() + 120
         while len(acked) < 200:
             assert asyncio.get_running_loop().time() < deadline, "the burst did not get going"
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(POLL_INTERVAL)
         server.stop(signal.SIGKILL, group=True)  # everything stops at once...
         lazyfs.power_cut()  # ...and what was not on disk is gone
         await burst

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 import uuid
@@ -18,6 +17,8 @@ from kibitz.database import create_engine, leases, migrate
 from kibitz.leases import Leases
 from kibitz.plugins import snowflake
 from kibitz.plugins.snowflake import EPOCH_MS, IdsUnavailable, SnowflakeIds, decode
+
+from .kibitz_client import wait_until
 
 T0 = 1_780_000_000.0  # 2026-05-28, a fixed wall-clock time
 
@@ -213,14 +214,15 @@ async def test_background_task_renews_when_woken(started: Callable[..., Any]) ->
     clock.t += ids.ttl + 1
     with pytest.raises(IdsUnavailable):
         ids.next_id()  # wakes the renewal task
-    deadline = time.monotonic() + 10
-    while True:
-        await asyncio.sleep(0.005)
+
+    def renewed() -> bool:
         try:
             ids.next_id()
-            break
         except IdsUnavailable:
-            assert time.monotonic() < deadline, "the renewal task did not renew"
+            return False
+        return True
+
+    await wait_until(renewed, 10, "the renewal")
 
 
 async def test_close_releases_and_blocks(engine: AsyncEngine, kind: str, started: Callable[..., Any]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .kibitz_client import Client, Server, Session, Socket, assert_error, make_server
+from .kibitz_client import POLL_INTERVAL, Client, Server, Session, Socket, assert_error, make_server
 
 Event = dict[str, Any]
 
@@ -37,7 +37,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15, 
     deadline = time.monotonic() + timeout
     while not await check():
         assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(POLL_INTERVAL)
 
 
 async def long_polls(server: Server) -> float:

@@ -16,7 +16,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from .kibitz_client import Client, Server, Session, Socket, make_server
+from .kibitz_client import POLL_INTERVAL, Client, Server, Session, Socket, make_server
 
 Frame = dict[str, Any]
 
@@ -60,7 +60,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15, 
     deadline = time.monotonic() + timeout
     while not await check():
         assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(POLL_INTERVAL)
 
 
 async def frames_until_pong(socket: Socket, timeout: float = 10) -> list[Frame]:
