@@ -53,8 +53,9 @@ class LazyFS:
 
 @pytest.fixture
 def lazyfs() -> Iterator[LazyFS]:
-    # A short path of its own: LazyFS misreads a long --config-path and falls back to its default.
-    tmp_path = Path(tempfile.mkdtemp(prefix="kibitz-lazyfs-"))
+    # A folder of its own whose path has no "-o" in it: LazyFS takes a --config-path that
+    # contains "-o" (in any case) for a mount option and falls back to its default config.
+    tmp_path = Path(tempfile.mkdtemp(prefix="kibitz_lazyfs_", dir="/tmp"))
     mount, root = tmp_path / "mnt", tmp_path / "root"
     mount.mkdir()
     root.mkdir()
