@@ -271,7 +271,6 @@ def _conversation(row: sa.Row, member_ids: tuple[int, ...]) -> Conversation:
         creator_id=row.creator_id,
         members=member_ids,
         created_at=rfc3339(row.created_ms),
-        created_ms=row.created_ms,
     )
 
 

@@ -6,7 +6,7 @@ wire form, encoded once and then passed around as bytes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
@@ -95,7 +95,6 @@ class Conversation:
     creator_id: int
     members: tuple[int, ...]
     created_at: str
-    created_ms: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
