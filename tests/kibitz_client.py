@@ -84,18 +84,17 @@ class Server:
             self.process = subprocess.Popen(
                 [KIBITZ, "serve"], env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"kibitz exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+        process = self.process
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"kibitz exited with {process.returncode}:\n{self.log()[-3000:]}")
             try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
+                return httpx.get(self.url + "/readyz", timeout=2).status_code == 200
             except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"kibitz not ready in {timeout} s:\n{self.log()[-3000:]}")
-            time.sleep(POLL_INTERVAL)
+                return False
+
+        poll_until(ready, timeout, f"readiness of kibitz (log: {self.log_path})")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -114,6 +113,14 @@ class Server:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(5)
             raise
+
+
+def poll_until(condition: Callable[[], bool], timeout: float = 30, what: str = "the condition") -> None:
+    """``wait_until`` for code outside the event loop: poll ``condition`` up to a deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not hold within {timeout} s"
+        time.sleep(POLL_INTERVAL)  # the pause between two looks, not a wait for something
 
 
 async def wait_until(condition: Callable[[], Any], timeout: float = 30, what: str = "the condition") -> None:

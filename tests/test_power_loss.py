@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .kibitz_client import POLL_INTERVAL, Client, Session, make_server
+from .kibitz_client import Client, Session, make_server, poll_until, wait_until
 
 LAZYFS = Path(os.environ.get("LAZYFS_BIN", Path.home() / ".cache/lazyfs/src/lazyfs/build/lazyfs"))
 
@@ -45,10 +44,11 @@ class LazyFS:
         """Drop every write not yet fsynced, and wait until LazyFS says it has."""
         with open(self.fifo, "w") as fifo:
             fifo.write("lazyfs::clear-cache\n")
-        deadline = time.monotonic() + 30
-        while "cache is cleared" not in self.log.read_text(errors="replace"):
-            assert time.monotonic() < deadline, "LazyFS did not clear its cache"
-            time.sleep(POLL_INTERVAL)
+        poll_until(
+            lambda: "cache is cleared" in self.log.read_text(errors="replace"),
+            30,
+            "LazyFS clearing its cache",
+        )
 
 
 @pytest.fixture
@@ -81,10 +81,12 @@ def lazyfs() -> Iterator[LazyFS]:
     ]
     output = open(tmp_path / "lazyfs.out", "wb")  # noqa: SIM115 - closed when the fixture ends
     process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while not (os.path.ismount(mount) and fs.log.exists() and "waiting for fault" in fs.log.read_text()):
-        assert process.poll() is None and time.monotonic() < deadline, "LazyFS did not mount"
-        time.sleep(POLL_INTERVAL)
+
+    def mounted() -> bool:
+        assert process.poll() is None, "LazyFS exited; see lazyfs.out"
+        return os.path.ismount(mount) and fs.log.exists() and "waiting for fault" in fs.log.read_text()
+
+    poll_until(mounted, 30, "the LazyFS mount")
     yield fs
     subprocess.run(["fusermount3", "-u", str(mount)], check=False, capture_output=True)
     try:
@@ -115,10 +117,7 @@ async def test_a_power_cut_during_a_burst_loses_no_acknowledged_message(lazyfs: 
                     return
 
         burst = asyncio.gather(*(sender(m) for m in members))
-        deadline = asyncio.get_running_loop().time() + 120
-        while len(acked) < 200:
-            assert asyncio.get_running_loop().time() < deadline, "the burst did not get going"
-            await asyncio.sleep(POLL_INTERVAL)
+        await wait_until(lambda: len(acked) >= 200, 120, "200 acknowledged sends")
         server.stop(signal.SIGKILL, group=True)  # everything stops at once...
         lazyfs.power_cut()  # ...and what was not on disk is gone
         await burst
