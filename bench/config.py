@@ -29,7 +29,7 @@ class Sizes:
     idle_connections: int = 10_000
     idle_workers: int = 4
     idle_tokens: int = 100
-    idle_seconds: float = 20.0  # one full server ping interval (20 s)
+    idle_seconds: float = 30.0  # one full server ping interval (ping_interval, 30 s)
     # history
     history_small: int = 1000
     history_large: int = 1_000_000

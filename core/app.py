@@ -171,8 +171,7 @@ def create_app(settings: Settings, plugins: Iterable[object] = ()) -> Sanic:
             "KEEP_ALIVE_TIMEOUT": 75,
             "GRACEFUL_SHUTDOWN_TIMEOUT": 10,
             "WEBSOCKET_MAX_SIZE": settings.max_frame_bytes,
-            "WEBSOCKET_PING_INTERVAL": 20,
-            "WEBSOCKET_PING_TIMEOUT": 20,
+            "WEBSOCKET_PING_INTERVAL": None,  # ws.Keepalive pings, for all sockets at once
             "ACCESS_LOG": False,
             "MOTD": False,
             "NOISY_EXCEPTIONS": False,
@@ -181,7 +180,7 @@ def create_app(settings: Settings, plugins: Iterable[object] = ()) -> Sanic:
     app.ctx.kibitz = kibitz
     api.register(app)
     sync.register(app)
-    ws.register(app)
+    ws.register(app, settings.ping_interval)
     operations.register(app, kibitz)
     _register_plugin_routes(app, kibitz)
 

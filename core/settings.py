@@ -101,6 +101,7 @@ class Settings:
     rate_limits: bool = True
     max_message_chars: int = 4000
     max_frame_bytes: int = 65536
+    ping_interval: float = 30.0
     log_level: str = "INFO"
     tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     environ: Mapping[str, str] = field(default_factory=dict)
@@ -160,6 +161,10 @@ def load_settings(config: str | None = None, environ: Mapping[str, str] | None =
     values["data_dir"] = Path(str(get("data_dir", d.data_dir)[1]))
     values["max_message_chars"] = _integer(*get("max_message_chars", d.max_message_chars), 1)
     values["max_frame_bytes"] = _integer(*get("max_frame_bytes", d.max_frame_bytes), 1024)
+    source, interval = get("ping_interval", d.ping_interval)
+    values["ping_interval"] = _duration(source, interval)
+    if values["ping_interval"] < 1:
+        raise ConfigError(f"{source}={interval!r}: must be at least 1s")
     for key in ("notify", "plugins"):
         values[key] = _names(get(key, getattr(d, key))[1])
     source, registration = get("registration", d.registration)

@@ -51,6 +51,8 @@ def test_database_urls_get_an_async_driver() -> None:
         ("KIBITZ_LOG_LEVEL", "loud"),
         ("KIBITZ_DATABASE_URL", "mysql://x/y"),
         ("KIBITZ_PUBLIC_URL", "chat.example.com"),
+        ("KIBITZ_PING_INTERVAL", "soon"),
+        ("KIBITZ_PING_INTERVAL", "0.5s"),
     ],
 )
 def test_bad_values_name_their_variable(variable: str, value: str) -> None:

@@ -4,7 +4,7 @@ Many WebSockets opened and left idle after ``ready`` (a device token may have ma
 sockets, so a few users' tokens serve them all), spread over a few client processes.
 Memory: the resident set of Kibitz and its children (NATS, Redis) from /proc, after the
 sockets are open minus before, per socket. CPU: the utime+stime the same tree uses over
-an idle window (the server pings every socket every 20 s, so the default window is one
+an idle window (the server pings every socket every 30 s, so the default window is one
 ping interval), as a share of one core.
 """
 
