@@ -48,7 +48,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "--largest-group",
         type=int,
         metavar="N",
-        help="members of the largest fan-out group (default 500, quick 20; at most 999)",
+        help="members of the largest fan-out group (default 500, quick 20; at most 998)",
     )
     parser.add_argument(
         "--profile",
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     sizes = QUICK if args.quick else DEFAULT
     if args.largest_group:
-        largest = max(2, min(args.largest_group, 999))
+        largest = max(2, min(args.largest_group, 998))
         sizes = replace(sizes, groups=tuple(sorted({*(g for g in sizes.groups if g < largest), largest})))
     selected = args.only or CHOICES
     out: Path = args.out

@@ -7,17 +7,22 @@ One stream, ``KIBITZ``, holds every user's event log:
   user's subject. A position (what cursors encode) is the stream sequence.
 - ``kibitz.msg``: one record per accepted message, in commit order, from which storage
   is rebuilt.
+- ``kibitz.live``: one per committed batch, last in it: which events the batch holds
+  for which users, with the event itself when the append was small (see
+  ``_live_message``). The instances' live feed reads only these, so a message to a
+  group of 100 reaches each instance as one message, not 100.
 
 Group commit: concurrent ``append`` calls are gathered and published as one JetStream
 *atomic batch* (``allow_atomic``), which nats-server stores all-or-nothing with one
 fsync. The embedded server runs with ``sync_interval: always``, so the batch's ack
 means every event in it is on disk; an external server must be set up the same way.
 nats-server caps an atomic batch at 1,000 messages, so one message fans out to at most
-999 users (``max_fanout``), the largest group Kibitz accepts.
+998 users (``max_fanout``: 998 events, the record and the live message), the largest
+group Kibitz accepts.
 
 Reads use batched direct gets (``allow_direct``) filtered by subject: no consumer state
 per device. The live feed is one ordered push consumer per instance on
-``kibitz.ev.>``, re-created from the last seen position when NATS restarts. Typing and
+``kibitz.live``, re-created from the last seen position when NATS restarts. Typing and
 other live-only signals go over core NATS on ``kibitz.signal`` and are never stored.
 """
 
@@ -58,6 +63,7 @@ log = logging.getLogger("kibitz.nats")
 STREAM = "KIBITZ"
 EVENTS = "kibitz.ev"
 RECORDS = "kibitz.msg"
+LIVE = "kibitz.live"
 SIGNALS = "kibitz.signal"
 MAX_BATCH = 1000  # nats-server's limit on one atomic batch
 BATCHES_IN_FLIGHT = 4
@@ -67,6 +73,8 @@ CONNECT_DEADLINE = 30.0
 ERROR_LOG_INTERVAL = 10.0
 DIRECT_GET_MAX_BYTES = 1024 * 1024
 READS_IN_FLIGHT = 8  # direct gets at once: reads never crowd out commits and the live feed
+LIVE_INLINE_BYTES = 64 * 1024  # an append whose events are larger is read back by the feed
+LIVE_MAX_BYTES = 512 * 1024  # the live message of one batch stays under NATS's 1 MB payload
 
 
 @hookimpl
@@ -77,7 +85,7 @@ def register_transport(name: str, settings: PluginSettings) -> NatsTransport | N
 class NatsTransport:
     """The Transport slot on NATS JetStream (see the module docstring)."""
 
-    max_fanout = MAX_BATCH - 1
+    max_fanout = MAX_BATCH - 2
 
     def __init__(self, settings: PluginSettings) -> None:
         url = str(settings.get("url", "embedded")).strip()
@@ -97,7 +105,7 @@ class NatsTransport:
             )
         self.child: ChildProcess | None = None
         self.nc: Any = None
-        self._pending: deque[tuple[Sequence[LogEntry], asyncio.Future[list[int]]]] = deque()
+        self._pending: deque[Append] = deque()
         self._wake = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self._in_flight = asyncio.Semaphore(BATCHES_IN_FLIGHT)
@@ -169,9 +177,9 @@ class NatsTransport:
                 await self._committer
         if self._batches:
             await asyncio.gather(*self._batches, return_exceptions=True)
-        for _, future in self._pending:
-            if not future.done():
-                future.set_exception(ConnectionError("transport closed"))
+        for pending in self._pending:
+            if not pending.future.done():
+                pending.future.set_exception(ConnectionError("transport closed"))
         if self._feed is not None:
             with contextlib.suppress(Exception):
                 await self._feed.unsubscribe()
@@ -196,7 +204,7 @@ class NatsTransport:
     async def _ensure_stream(self) -> None:
         config = StreamConfig(
             name=STREAM,
-            subjects=[f"{EVENTS}.*", RECORDS],
+            subjects=[f"{EVENTS}.*", RECORDS, LIVE],
             storage=StorageType.FILE,
             max_age=self.retention_age or None,
             max_bytes=self.retention_bytes or -1,
@@ -216,13 +224,12 @@ class NatsTransport:
     # -- appending (group commit) ----------------------------------------------
 
     async def append(self, entries: Sequence[LogEntry]) -> list[int]:
-        size = _batch_size(entries)
-        if size > MAX_BATCH:
-            raise ValueError(f"{size} log messages in one append; at most {MAX_BATCH}")
-        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._pending.append((entries, future))
+        pending = Append(entries)
+        if pending.size + 1 > MAX_BATCH:
+            raise ValueError(f"{pending.size} log messages in one append; at most {MAX_BATCH - 1}")
+        self._pending.append(pending)
         self._wake.set()
-        return await future
+        return await pending.future
 
     async def _commit_loop(self) -> None:
         """Take what is pending, as much as fits one atomic batch, and commit it; repeat."""
@@ -231,37 +238,48 @@ class NatsTransport:
             self._wake.clear()
             while self._pending:
                 await self._in_flight.acquire()
-                batch: list[tuple[Sequence[LogEntry], asyncio.Future[list[int]]]] = []
-                size = 0
-                while self._pending and size + _batch_size(self._pending[0][0]) <= MAX_BATCH:
-                    item = self._pending.popleft()
-                    batch.append(item)
-                    size += _batch_size(item[0])
+                batch: list[Append] = [self._pending.popleft()]
+                size, live_bytes = batch[0].size + 1, batch[0].live_bytes
+                while self._pending:
+                    following = self._pending[0]
+                    too_many = size + following.size > MAX_BATCH
+                    if too_many or live_bytes + following.live_bytes > LIVE_MAX_BYTES:
+                        break  # a full batch, or a live message near NATS's payload limit
+                    batch.append(self._pending.popleft())
+                    size += following.size
+                    live_bytes += following.live_bytes
                 task = asyncio.create_task(self._commit(batch))
                 self._batches.add(task)
                 task.add_done_callback(self._batches.discard)
 
-    async def _commit(self, batch: list[tuple[Sequence[LogEntry], asyncio.Future[list[int]]]]) -> None:
+    async def _commit(self, batch: list[Append]) -> None:
         try:
             messages: list[tuple[str, bytes]] = []
             ends: list[list[int]] = []  # per append call: the index of each entry's last message
-            for entries, _ in batch:
+            live = []
+            for pending in batch:
                 marks = []
-                for entry in entries:
+                if not pending.inline:
+                    live.append(b"r %d %d\n" % (len(messages), sum(len(e.user_ids) for e in pending.entries)))
+                for entry in pending.entries:
+                    if pending.inline:
+                        users = b",".join(b"%d" % u for u in entry.user_ids)
+                        live.append(b"e %d %d %s\n%s" % (len(messages), len(entry.event), users, entry.event))
                     messages.extend((f"{EVENTS}.{user_id}", entry.event) for user_id in entry.user_ids)
                     if entry.message is not None:
                         messages.append((RECORDS, entry.message))
                     marks.append(len(messages) - 1)
                 ends.append(marks)
+            messages.append((LIVE, b"%d\n%s" % (len(messages) + 1, b"".join(live))))
             last_seq = await self._publish_atomic(messages)
             first_seq = last_seq - len(messages) + 1
-            for (_, future), marks in zip(batch, ends, strict=True):
-                if not future.done():
-                    future.set_result([first_seq + mark for mark in marks])
+            for pending, marks in zip(batch, ends, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result([first_seq + mark for mark in marks])
         except Exception as e:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(e)
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(e)
         finally:
             self._in_flight.release()
 
@@ -297,7 +315,8 @@ class NatsTransport:
         return last
 
     async def read(self, user_id: int, after: int, limit: int) -> tuple[list[tuple[int, bytes]], bool]:
-        events, more = await self._direct_get(f"{EVENTS}.{user_id}", after + 1, limit)
+        found, more = await self._direct_get(f"{EVENTS}.{user_id}", after + 1, limit)
+        events = [(seq, data) for seq, _, data in found]
         # Retention drops events from the front: if the first sequence, looked up after
         # the read, is past ``after + 1``, events after the cursor may be gone.
         if after + 1 < (await self._stream_info()).state.first_seq:
@@ -306,16 +325,19 @@ class NatsTransport:
 
     async def messages(self, after: int, limit: int) -> list[tuple[int, bytes]]:
         records, _ = await self._direct_get(RECORDS, after + 1, limit)
-        return records
+        return [(seq, data) for seq, _, data in records]
 
-    async def _direct_get(self, subject: str, start: int, limit: int) -> tuple[list[tuple[int, bytes]], bool]:
-        """Up to ``limit`` messages on ``subject`` from sequence ``start`` (a batched direct
-        get), and whether more follow (the batch may also stop at ``DIRECT_GET_MAX_BYTES``).
+    async def _direct_get(
+        self, subject: str, start: int, limit: int
+    ) -> tuple[list[tuple[int, str, bytes]], bool]:
+        """Up to ``limit`` messages (sequence, subject, data) on ``subject`` from sequence
+        ``start`` (a batched direct get), and whether more follow (the batch may also stop
+        at ``DIRECT_GET_MAX_BYTES``).
         """
         token = str(next(self._tokens))
         queue: asyncio.Queue[Msg] = asyncio.Queue()
         request = {"seq": start, "next_by_subj": subject, "batch": limit, "max_bytes": DIRECT_GET_MAX_BYTES}
-        found: list[tuple[int, bytes]] = []
+        found: list[tuple[int, str, bytes]] = []
         async with self._reads:
             self._replies[token] = queue
             try:
@@ -339,7 +361,7 @@ class NatsTransport:
                         raise ConnectionError(
                             f"direct get answered {status} {headers.get('Description', '')}"
                         )
-                    found.append((int(headers["Nats-Sequence"]), msg.data))
+                    found.append((int(headers["Nats-Sequence"]), headers["Nats-Subject"], msg.data))
             finally:
                 del self._replies[token]
 
@@ -355,29 +377,66 @@ class NatsTransport:
         self._on_signal = on_signal
 
     async def _start_feed(self) -> None:
-        """One ordered consumer for this instance, from the position of now onwards.
+        """One ordered consumer of the live messages for this instance, from now onwards.
 
         nats-py's ordered consumer watches idle heartbeats and sequence gaps and re-creates
         itself from the last delivered stream sequence, so a NATS restart loses nothing.
         """
         start = await self.now() + 1
         self._feed = await self.nc.jetstream().subscribe(
-            f"{EVENTS}.>",
+            LIVE,
             stream=STREAM,
-            cb=self._receive_event,
+            cb=self._receive_live,
             ordered_consumer=True,
             idle_heartbeat=1.0,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             config=nats.js.api.ConsumerConfig(opt_start_seq=start),
-            pending_msgs_limit=1_000_000,
+            pending_msgs_limit=100_000,
             pending_bytes_limit=256 * 1024 * 1024,
         )
 
-    async def _receive_event(self, msg: Msg) -> None:
+    async def _receive_live(self, msg: Msg) -> None:
+        """Hand each event of a committed batch to the hub, in log order.
+
+        The live message (see ``_commit``) starts with the number of messages in its
+        batch, itself included, which places the batch's first message. Then, per entry
+        of a small append, ``e <index> <length> <user,user,...>`` and the event's bytes:
+        the event of the n-th user is at the batch's first sequence + index + n. A large
+        append is one ``r <index> <count>`` line: its ``count`` events, from that index
+        on, are read back from the log.
+        """
         assert self._on_event is not None
+        on_event = self._on_event
         meta = msg.metadata
-        user_id = int(msg.subject[len(EVENTS) + 1 :])
-        self._on_event(user_id, meta.sequence.stream, msg.data, meta.timestamp.timestamp())
+        committed_at = meta.timestamp.timestamp()
+        data = msg.data
+        end = data.index(b"\n")
+        first = meta.sequence.stream - int(data[:end]) + 1
+        at = end + 1
+        while at < len(data):
+            end = data.index(b"\n", at)
+            kind, index, length, *users = data[at:end].split(b" ")
+            at = end + 1
+            position = first + int(index)
+            if kind == b"e":
+                event = data[at : at + int(length)]
+                at += len(event)
+                for offset, user_id in enumerate(users[0].split(b",")):
+                    on_event(int(user_id), position + offset, event, committed_at)
+            else:
+                for seq, subject, event in await self._read_back(position, int(length)):
+                    on_event(int(subject[len(EVENTS) + 1 :]), seq, event, committed_at)
+
+    async def _read_back(self, start: int, count: int) -> list[tuple[int, str, bytes]]:
+        """The ``count`` user events from sequence ``start`` on (records in between skipped)."""
+        events: list[tuple[int, str, bytes]] = []
+        while len(events) < count:
+            found, _ = await self._direct_get(f"{EVENTS}.*", start, count - len(events))
+            if not found:
+                raise ConnectionError(f"nats: events from {start} are missing from the log")
+            events += found
+            start = found[-1][0] + 1
+        return events
 
     async def signal(self, user_ids: Sequence[int], payload: bytes) -> None:
         await self.nc.publish(SIGNALS, ",".join(map(str, user_ids)).encode() + b"\n" + payload)
@@ -388,8 +447,19 @@ class NatsTransport:
         self._on_signal(tuple(int(u) for u in head.split(b",") if u), payload)
 
 
-def _batch_size(entries: Sequence[LogEntry]) -> int:
-    return sum(len(e.user_ids) + (e.message is not None) for e in entries)
+class Append:
+    """One ``append`` call waiting to be committed in a batch."""
+
+    __slots__ = ("entries", "future", "inline", "live_bytes", "size")
+
+    def __init__(self, entries: Sequence[LogEntry]) -> None:
+        self.entries = entries
+        self.size = sum(len(e.user_ids) + (e.message is not None) for e in entries)  # log messages
+        event_bytes = sum(len(e.event) for e in entries)
+        self.inline = event_bytes <= LIVE_INLINE_BYTES  # its events ride in the live message
+        # What it adds to the batch's live message (header lines estimated generously).
+        self.live_bytes = event_bytes + sum(32 + 12 * len(e.user_ids) for e in entries) if self.inline else 32
+        self.future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
 
 
 async def _start_embedded(folder: Path) -> ChildProcess:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import orjson
 import pytest
@@ -26,7 +25,9 @@ from .kibitz_client import Client, Server, make_server
 def pinging(nats_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server that pings every second."""
     data = tmp_path_factory.mktemp("keepalive") / "data"
-    server = make_server(data, KIBITZ_NATS_URL=nats_url, KIBITZ_REDIS_URL=redis_url, KIBITZ_PING_INTERVAL="1s")
+    server = make_server(
+        data, KIBITZ_NATS_URL=nats_url, KIBITZ_REDIS_URL=redis_url, KIBITZ_PING_INTERVAL="1s"
+    )
     server.start()
     yield server
     server.stop()
@@ -35,7 +36,9 @@ def pinging(nats_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFact
 class RawSocket:
     """A WebSocket client that shows every frame and answers pings only when told to."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol: ClientProtocol) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol: ClientProtocol
+    ) -> None:
         self.reader, self.writer, self.protocol = reader, writer, protocol
         self.answer_pings = True
         self.events: deque[Response | Frame] = deque()

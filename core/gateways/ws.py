@@ -37,6 +37,7 @@ log = logging.getLogger("kibitz.ws")
 
 HELLO_TIMEOUT = 10.0
 QUEUE_FRAMES = 2048  # frames waiting for a slow client before it is closed
+WRITE_FRAMES = 64  # frames written in one system call at most
 REPLAY_PAGE = 500
 TYPING_INTERVAL = 2.0  # seconds: typing frames closer together than this are not passed on
 
@@ -111,12 +112,33 @@ class Connection:
             _spawn(self.ws.close(code, reason))
 
     async def write_loop(self) -> None:
+        """Write the queued frames, all that are waiting in one system call, until a close."""
+        queue = self.queue
         while True:
-            item = await self.queue.get()
+            item = await queue.get()
+            frames = []
+            while isinstance(item, bytes):
+                frames.append(item)
+                item = queue.get_nowait() if not queue.empty() and len(frames) < WRITE_FRAMES else None
+            if frames and not await self.write(frames):
+                return
             if isinstance(item, tuple):
                 await self.ws.close(*item)
                 return
-            await self.ws.send(item.decode())
+
+    async def write(self, frames: list[bytes]) -> bool:
+        """Frame the texts and write them at once; False once the socket is closing.
+
+        What ``ws.send`` does for one frame (under the same lock), for many.
+        """
+        ws = self.ws
+        async with ws.conn_mutex:
+            if ws.ws_proto.state is not State.OPEN:
+                return False
+            for frame in frames:
+                ws.ws_proto.send_text(frame)
+            await ws.send_data([b"".join(ws.ws_proto.data_to_send())])
+        return True
 
     def ping(self) -> None:
         """A keepalive ping; if the previous one is still unanswered, close the socket instead.

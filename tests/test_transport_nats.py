@@ -1,0 +1,90 @@
+"""The ``nats`` transport on a real embedded NATS JetStream of its own: appends, reads,
+and the live feed, which takes one live message per batch and fans it out to events."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kibitz import LogEntry, PluginSettings
+from kibitz.plugins.nats import LIVE_INLINE_BYTES, NatsTransport
+
+from .kibitz_client import wait_until
+
+
+@dataclass
+class App:
+    data_dir: Path
+    instance_id: str = "test-transport"
+
+
+@dataclass
+class Feed:
+    events: dict[int, list[tuple[int, bytes]]]  # per user: (position, event) in arrival order
+    order: list[int]  # every position, in arrival order
+
+    def on_event(self, user_id: int, position: int, event: bytes, committed_at: float) -> None:
+        self.events.setdefault(user_id, []).append((position, event))
+        self.order.append(position)
+
+    def on_signal(self, user_ids: tuple[int, ...], payload: bytes) -> None:
+        pass
+
+
+@pytest.fixture
+async def transport(tmp_path: Path) -> AsyncIterator[tuple[NatsTransport, Feed]]:
+    feed = Feed({}, [])
+    t = NatsTransport(PluginSettings("nats", {}, {}))
+    t.listen(feed.on_event, feed.on_signal)
+    await t.start(App(tmp_path))
+    yield t, feed
+    await t.close()
+
+
+def users(count: int) -> tuple[int, ...]:
+    """User ids no other append of the test uses."""
+    base = random.randrange(10**12, 10**13)
+    return tuple(range(base, base + count))
+
+
+async def test_the_feed_hands_over_every_event_at_its_position(transport: tuple[NatsTransport, Feed]) -> None:
+    t, feed = transport
+    pair, group, crowd = users(2), users(50), users(100)
+    # Each of the crowd gets its own event of 1 KiB: together past what the live message
+    # carries itself, so the feed reads these back from the log.
+    big = [LogEntry((uid,), b'{"type":"conversation","pad":"' + b"x" * 1024 + b'"}') for uid in crowd]
+    assert sum(len(e.event) for e in big) > LIVE_INLINE_BYTES
+    calls = [
+        *[[LogEntry(pair, b'{"n":%d}' % n, b'{"id":"%d"}' % n)] for n in range(20)],
+        [LogEntry(group, b'{"type":"message","to":"group"}', b'{"id":"group"}')],
+        big,
+        [LogEntry((pair[0],), b'{"type":"read"}')],
+    ]
+    positions = await asyncio.gather(*(t.append(entries) for entries in calls))
+    ours = set(pair) | set(group) | set(crowd)
+    expected = 2 * 20 + len(group) + len(crowd) + 1
+    await wait_until(lambda: sum(len(feed.events.get(u, [])) for u in ours) >= expected, what="every event")
+    assert sum(len(feed.events.get(u, [])) for u in ours) == expected  # and none twice
+
+    # Each user's live events are exactly that user's log, in order.
+    for uid in ours:
+        log, _ = await t.read(uid, min(p for p, _ in feed.events[uid]) - 1, 1000)
+        assert feed.events[uid] == log
+    # The whole feed arrives in log order, and each append's position is its last event's.
+    assert feed.order == sorted(feed.order)
+    for entries, returned in zip(calls, positions, strict=True):
+        for entry, position in zip(entries, returned, strict=True):
+            last_user = entry.user_ids[-1]
+            assert (position - (entry.message is not None), entry.event) in feed.events[last_user]
+
+
+async def test_an_append_too_large_for_one_batch_is_refused(transport: tuple[NatsTransport, Feed]) -> None:
+    t, _ = transport
+    with pytest.raises(ValueError, match="at most"):
+        await t.append([LogEntry(users(t.max_fanout + 1), b"{}", b"{}")])
+    await t.append([LogEntry(users(t.max_fanout), b"{}", b"{}")])  # the largest group fits
