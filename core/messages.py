@@ -79,31 +79,41 @@ class Messages:
         return body, client_msg_id
 
     async def send(
-        self, sender: User, conversation: Conversation, body: str, client_msg_id: str
+        self,
+        sender: User,
+        conversation: Conversation,
+        body: str,
+        client_msg_id: str,
+        turn: Turn | None = None,
     ) -> tuple[Message, bytes, bool]:
         """Accept a message; return it, its JSON, and whether it is new (False: an idempotent resend).
 
         The work runs as a task of its own, so a client that hangs up mid-send does not
         cut it short between the log and storage; a resend meanwhile waits for the same
-        task and gets its message.
+        task and gets its message. ``turn`` keeps concurrent sends of one connection in
+        the order they came (see ``SendOrder``).
         """
         key = (sender.id, client_msg_id)
         task = self._in_flight.get(key)
         first = task is None
-        if task is None:
-            task = asyncio.create_task(self._send_once(sender, conversation, body, client_msg_id))
-            self._in_flight[key] = task
-            task.add_done_callback(lambda _: self._in_flight.pop(key, None))
-        message, data, new = await asyncio.shield(task)
+        try:
+            if task is None:
+                task = asyncio.create_task(self._send_once(sender, conversation, body, client_msg_id, turn))
+                self._in_flight[key] = task
+                task.add_done_callback(lambda _: self._in_flight.pop(key, None))
+            message, data, new = await asyncio.shield(task)
+        finally:
+            if turn is not None:
+                turn.release()  # if the send ended before its message joined the log
         return message, data, new and first
 
     async def _send_once(
-        self, sender: User, conversation: Conversation, body: str, client_msg_id: str
+        self, sender: User, conversation: Conversation, body: str, client_msg_id: str, turn: Turn | None
     ) -> tuple[Message, bytes, bool]:
         existing = await self._find_sent(sender.id, client_msg_id)
         if existing is not None:
             return Message.from_json(existing), existing, False
-        message, data = await self._accept(sender, conversation, body, client_msg_id)
+        message, data = await self._accept(sender, conversation, body, client_msg_id, turn)
         return message, data, True
 
     async def _store(self, messages: list[StoredMessage]) -> list[None]:
@@ -135,7 +145,7 @@ class Messages:
         return await self._lookups.submit((sender_id, client_msg_id))
 
     async def _accept(
-        self, sender: User, conversation: Conversation, body: str, client_msg_id: str
+        self, sender: User, conversation: Conversation, body: str, client_msg_id: str, turn: Turn | None
     ) -> tuple[Message, bytes]:
         draft = Draft(conversation.id, sender.id, body, client_msg_id)
         wrappers = SendWrappers()
@@ -147,6 +157,8 @@ class Messages:
             raise Forbidden(e.reason) from None
         try:
             body = self._checked_body(draft.body)
+            if turn is not None:
+                await turn.wait()
             now = time.time()
             message = Message(
                 id=self.ids.next_id(),
@@ -160,8 +172,15 @@ class Messages:
             await wrappers.abort()
             raise
         data = message.to_json()
+        # The append joins the commit queue when its task starts: tasks start in the order
+        # they are made, so the next send of this connection, let go now, commits after it.
+        commit = asyncio.create_task(
+            self.transport.append([LogEntry(conversation.members, message_event(data), data)])
+        )
+        if turn is not None:
+            turn.release()
         try:
-            await self.transport.append([LogEntry(conversation.members, message_event(data), data)])
+            await commit
         except Exception as e:
             await wrappers.abort()
             self._mark_uncertain(sender.id, client_msg_id)
@@ -214,6 +233,42 @@ class Messages:
             + (b"true" if page.has_more else b"false")
             + b"}"
         )
+
+
+class Turn:
+    """One send's place in its connection's order (see ``SendOrder``)."""
+
+    def __init__(self, previous: asyncio.Future[None] | None) -> None:
+        self.previous = previous
+        self.passed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def wait(self) -> None:
+        """Until the previous send of the connection has joined the log, or ended without."""
+        if self.previous is not None and not self.previous.done():
+            await asyncio.wait((self.previous,))
+
+    def release(self) -> None:
+        if not self.passed.done():
+            self.passed.set_result(None)
+
+
+class SendOrder:
+    """Lets one connection's sends run at once yet join the log in the order they came.
+
+    Each send takes a ``Turn`` as its frame arrives. It does its checks and its
+    idempotency look-up at once with the others, then waits for the previous turn
+    before it gets its id and joins the commit queue. So a sender's messages get
+    increasing ids in the order of their frames (PROTOCOL.md), and one connection can
+    have many sends in flight instead of one.
+    """
+
+    def __init__(self) -> None:
+        self._last: asyncio.Future[None] | None = None
+
+    def take(self) -> Turn:
+        turn = Turn(self._last)
+        self._last = turn.passed
+        return turn
 
 
 class StorageFollower:

@@ -66,7 +66,12 @@ RECORDS = "kibitz.msg"
 LIVE = "kibitz.live"
 SIGNALS = "kibitz.signal"
 MAX_BATCH = 1000  # nats-server's limit on one atomic batch
-BATCHES_IN_FLIGHT = 4
+# nats-server commits a stream's atomic batches one after another, each in about 4.5 ms
+# whatever its size (for a file stream with one replica it stages every batch in a file
+# store of its own). Two in flight: one is published while the other commits; more
+# would only queue behind them, small, while the sends arriving meanwhile could have
+# joined a larger one.
+BATCHES_IN_FLIGHT = 2
 COMMIT_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 5.0
 CONNECT_DEADLINE = 30.0

@@ -417,6 +417,35 @@ async def test_send_errors(client: Client) -> None:
     await socket.close()
 
 
+async def test_sends_pipelined_on_one_socket_join_the_log_in_frame_order(client: Client) -> None:
+    """Frames sent back to back without waiting: each answered once, ids in frame order."""
+    alice, bob, carol, dave = [await client.user() for _ in range(4)]
+    first, second = await client.direct(alice, bob), await client.group(alice, [carol, dave])
+    theirs = await client.direct(carol, dave)
+    socket = await Socket.open(client.server, alice)
+    frames = []
+    for n in range(120):
+        cid = theirs if n == 50 else (first, second)[n % 2]  # one refused among them
+        frames.append(send_frame(cid, f"message {n}", f"pipe-{n}"))
+    frames.insert(80, send_frame(first, "message 10", "pipe-10"))  # a resend, mid-stream
+    for frame in frames:
+        await socket.send_json(frame)
+    answers: dict[str, list[Frame]] = {}
+    while sum(len(a) for a in answers.values()) < len(frames):
+        answer = await socket.until(lambda f: f["type"] in ("sent", "error"))
+        answers.setdefault(answer["client_msg_id"], []).append(answer)
+    assert [a["code"] for a in answers.pop("pipe-50")] == ["not_found"]
+    assert [a["message"]["id"] for a in answers["pipe-10"]] == [answers["pipe-10"][0]["message"]["id"]] * 2
+    sent = [answers[f"pipe-{n}"][0]["message"] for n in range(120) if n != 50]
+    assert all(a["type"] == "sent" for n in range(120) if n != 50 for a in answers[f"pipe-{n}"])
+    ids = [int(m["id"]) for m in sent]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids), "ids are not in the frames' order"
+    for cid in (first, second):
+        history = (await client.history(alice, cid, limit=100))["messages"]
+        assert history == [m for m in sent if m["conversation_id"] == cid]
+    await socket.close()
+
+
 async def test_send_with_non_ascii_digit_ids_is_invalid_request(client: Client) -> None:
     """Superscript two passes str.isdigit() but is no id: invalid_request, and the socket lives."""
     alice, bob = await client.user(), await client.user()

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -26,6 +27,7 @@ from websockets.protocol import State
 from ..api import PREFIX
 from ..conversations import parse_id
 from ..errors import ApiError, CursorExpired, InvalidRequest
+from ..messages import SendOrder
 from ..models import Device, User
 from ..plugin_manager import call_each
 from .sync import Backlog, read_backlog
@@ -37,6 +39,7 @@ log = logging.getLogger("kibitz.ws")
 
 HELLO_TIMEOUT = 10.0
 QUEUE_FRAMES = 2048  # frames waiting for a slow client before it is closed
+SENDS_IN_FLIGHT = 32  # sends of one connection being accepted at once; more frames wait
 WRITE_FRAMES = 64  # frames written in one system call at most
 REPLAY_PAGE = 500
 TYPING_INTERVAL = 2.0  # seconds: typing frames closer together than this are not passed on
@@ -69,6 +72,8 @@ class Connection:
         self.closing = False
         self.typed: dict[int, float] = {}  # conversation id: when this connection last said typing
         self.slot = 0  # where it sits on the keepalive wheel
+        self.order = SendOrder()
+        self.sends = asyncio.Semaphore(SENDS_IN_FLIGHT)
 
     # -- from the hub ---------------------------------------------------------------------
 
@@ -139,6 +144,10 @@ class Connection:
                 ws.ws_proto.send_text(frame)
             await ws.send_data([b"".join(ws.ws_proto.data_to_send())])
         return True
+
+    def send_done(self, task: asyncio.Task[None]) -> None:
+        _tasks.discard(task)
+        self.sends.release()
 
     def ping(self) -> None:
         """A keepalive ping; if the previous one is still unanswered, close the socket instead.
@@ -293,6 +302,7 @@ async def _hello(ws: WebsocketImplProtocol, kibitz: Kibitz) -> tuple[User, Devic
 
 
 async def _read_loop(ws: WebsocketImplProtocol, connection: Connection, kibitz: Kibitz) -> None:
+    """Answer each frame; sends run at once (up to ``SENDS_IN_FLIGHT``), in frame order."""
     while True:
         frame = await ws.recv()
         if frame is None:
@@ -310,29 +320,47 @@ async def _read_loop(ws: WebsocketImplProtocol, connection: Connection, kibitz: 
         if handler is None:
             connection.put(_error("invalid_request", f"unknown frame type {kind!r}"))
             continue
-        client_msg_id = message.get("client_msg_id") if kind == "send" else None
-        try:
-            await handler(message, connection, kibitz)
-        except ApiError as e:
-            connection.put(_error(e.code, e.message, client_msg_id, e.retry_after))
-        except (ConnectionError, TimeoutError) as e:
-            log.warning("backing_service_failed", extra={"frame": kind, "error": str(e)})
-            connection.put(
-                _error("unavailable", "a backing service did not answer; retry shortly", client_msg_id, 1)
-            )
-        except Exception:
-            log.exception("frame_failed", extra={"frame": kind})
-            connection.put(
-                _error("internal_error", "the server failed to answer; this has been logged", client_msg_id)
-            )
+        if kind != "send":
+            await _answer(kind, handler, message, connection, kibitz)
+            continue
+        await connection.sends.acquire()
+        task = asyncio.create_task(_answer(kind, handler, message, connection, kibitz))
+        _tasks.add(task)
+        task.add_done_callback(connection.send_done)
+
+
+async def _answer(
+    kind: str, handler: Handler, message: dict[str, Any], connection: Connection, kibitz: Kibitz
+) -> None:
+    """Run a frame's handler; any failure becomes an error frame."""
+    client_msg_id = message.get("client_msg_id") if kind == "send" else None
+    try:
+        await handler(message, connection, kibitz)
+    except ApiError as e:
+        connection.put(_error(e.code, e.message, client_msg_id, e.retry_after))
+    except (ConnectionError, TimeoutError) as e:
+        log.warning("backing_service_failed", extra={"frame": kind, "error": str(e)})
+        connection.put(
+            _error("unavailable", "a backing service did not answer; retry shortly", client_msg_id, 1)
+        )
+    except Exception:
+        log.exception("frame_failed", extra={"frame": kind})
+        connection.put(
+            _error("internal_error", "the server failed to answer; this has been logged", client_msg_id)
+        )
 
 
 async def _send(frame: dict[str, Any], connection: Connection, kibitz: Kibitz) -> None:
-    body, client_msg_id = kibitz.messages.validate(frame.get("body"), frame.get("client_msg_id"))
-    cid = parse_id(frame.get("conversation_id"), "conversation_id")
-    conversation = await kibitz.conversations.of_member(cid, connection.user_id)
-    kibitz.rate_limits.send(connection.user_id)
-    _, data, _ = await kibitz.messages.send(connection.user, conversation, body, client_msg_id)
+    turn = connection.order.take()  # first, while the frames' tasks still start in order
+    try:
+        body, client_msg_id = kibitz.messages.validate(frame.get("body"), frame.get("client_msg_id"))
+        cid = parse_id(frame.get("conversation_id"), "conversation_id")
+        conversation = await kibitz.conversations.of_member(cid, connection.user_id)
+        kibitz.rate_limits.send(connection.user_id)
+    except BaseException:
+        turn.release()
+        raise
+    _, data, _ = await kibitz.messages.send(connection.user, conversation, body, client_msg_id, turn)
     connection.put(
         b'{"type":"sent","client_msg_id":' + orjson.dumps(client_msg_id) + b',"message":' + data + b"}"
     )
@@ -366,7 +394,14 @@ async def _second_hello(frame: dict[str, Any], connection: Connection, kibitz: K
     raise InvalidRequest("already said hello")
 
 
-HANDLERS = {"send": _send, "read": _read, "typing": _typing, "ping": _ping, "hello": _second_hello}
+Handler = Callable[[dict[str, Any], Connection, "Kibitz"], Awaitable[None]]
+HANDLERS: dict[str, Handler] = {
+    "send": _send,
+    "read": _read,
+    "typing": _typing,
+    "ping": _ping,
+    "hello": _second_hello,
+}
 
 
 def _error(code: str, message: str, client_msg_id: object = None, retry_after: int | None = None) -> bytes:
