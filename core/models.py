@@ -6,15 +6,23 @@ wire form, encoded once and then passed around as bytes.
 
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import orjson
 
 
 def rfc3339(ms: int) -> str:
     """Milliseconds since the Unix epoch as an RFC 3339 UTC string with milliseconds."""
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    seconds, millis = divmod(ms, 1000)
+    return f"{_utc_second(seconds)}.{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=64)
+def _utc_second(seconds: int) -> str:
+    """The date and time part; messages sent within the same second share it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 @dataclass(slots=True)
