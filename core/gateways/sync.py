@@ -70,7 +70,8 @@ async def sync(request: Request) -> HTTPResponse:
             # Nothing after the cursor up to the end of the log: every event of the user
             # from here on reaches the poll through the live feed, so answer with those.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(poll.arrived.wait(), timeout)
+                async with asyncio.timeout(timeout):  # no task per poll, unlike wait_for
+                    await poll.arrived.wait()
             arrived = [(position, event) for position, event in poll.events if position > after]
             if arrived:
                 events = arrived[:limit]
