@@ -1,8 +1,8 @@
 """Scenario 1, 1:1 throughput and latency.
 
 N pairs of users, each pair in its own direct conversation, both on WebSocket. Each
-pair's sender sends at a set rate (a small window of unacknowledged sends per socket:
-the server handles one socket's frames in order) and the total rate is stepped up until
+pair's sender sends at a set rate (a small window of unacknowledged sends per socket, as
+a client that pipelines its sends keeps) and the total rate is stepped up until
 the server saturates: accepted (``sent`` answers) and delivered (the recipient's event)
 messages per second, and send→``sent`` and send→delivery latency per step. Then one
 sustained run at the budget's rate (or the highest rate that held, if higher).
