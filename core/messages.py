@@ -289,8 +289,7 @@ class StorageFollower:
                 return count
             # Most are stored already (the send path stored them); storing again is harmless,
             # and it is what brings them back if storage lost them.
-            stored = [StoredMessage.of(Message.from_json(data), data) for _, data in records]
-            await self.storage.append(stored, through=records[-1][0])
+            await self.storage.append(_readable(records), through=records[-1][0])
             count += len(records)
 
     def start(self) -> None:
@@ -309,3 +308,15 @@ class StorageFollower:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def _readable(records: list[tuple[int, bytes]]) -> list[StoredMessage]:
+    """The records as messages to store; one that is not a message is logged and passed
+    over, so one bad record cannot stop start-up or the follower for good."""
+    messages = []
+    for position, data in records:
+        try:
+            messages.append(StoredMessage.of(Message.from_json(data), data))
+        except (ValueError, KeyError, TypeError) as e:
+            log.error("record_unreadable", extra={"position": position, "error": f"{type(e).__name__}: {e}"})
+    return messages

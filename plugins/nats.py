@@ -433,12 +433,27 @@ class NatsTransport:
                     on_event(int(subject[len(EVENTS) + 1 :]), seq, event, committed_at)
 
     async def _read_back(self, start: int, count: int) -> list[tuple[int, str, bytes]]:
-        """The ``count`` user events from sequence ``start`` on (records in between skipped)."""
+        """The ``count`` user events from sequence ``start`` on (records in between skipped).
+
+        Retried until it succeeds: the feed hands events over in log order, so nothing
+        after these can go out before them, and skipping them would move connected
+        devices' cursors past events they never got.
+        """
+        delay = 0.1
+        while True:
+            try:
+                return await self._read_range(start, count)
+            except ConnectionError as e:
+                log.warning("live_read_back_failed", extra={"error": str(e), "retry_in": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _read_range(self, start: int, count: int) -> list[tuple[int, str, bytes]]:
         events: list[tuple[int, str, bytes]] = []
         while len(events) < count:
             found, _ = await self._direct_get(f"{EVENTS}.*", start, count - len(events))
             if not found:
-                raise ConnectionError(f"nats: events from {start} are missing from the log")
+                raise ConnectionError(f"nats: events from {start} are not in the log yet")
             events += found
             start = found[-1][0] + 1
         return events

@@ -1,18 +1,22 @@
 """The ``nats`` transport on a real embedded NATS JetStream of its own: appends, reads,
-and the live feed, which takes one live message per batch and fans it out to events."""
+the live feed, which takes one live message per batch and fans it out to events, and
+the storage follower reading its records into a real Redis."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from kibitz import LogEntry, PluginSettings
+from kibitz import LogEntry, Message, PluginSettings
+from kibitz.messages import StorageFollower
 from kibitz.plugins.nats import LIVE_INLINE_BYTES, NatsTransport
+from kibitz.plugins.redis import RedisStorage
 
 from .kibitz_client import wait_until
 
@@ -88,3 +92,53 @@ async def test_an_append_too_large_for_one_batch_is_refused(transport: tuple[Nat
     with pytest.raises(ValueError, match="at most"):
         await t.append([LogEntry(users(t.max_fanout + 1), b"{}", b"{}")])
     await t.append([LogEntry(users(t.max_fanout), b"{}", b"{}")])  # the largest group fits
+
+
+async def test_the_feed_retries_a_read_back_that_fails(
+    transport: tuple[NatsTransport, Feed], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large append's events are read back; when NATS fails to answer, the feed waits
+    and reads again rather than skip them."""
+    t, feed = transport
+    crowd = users(100)
+    big = [LogEntry((uid,), b'{"pad":"' + b"x" * 1024 + b'"}') for uid in crowd]
+    read = t._direct_get
+    failures = []
+
+    async def flaky(subject: str, start: int, limit: int) -> tuple[list[tuple[int, str, bytes]], bool]:
+        if subject.endswith("*") and len(failures) < 2:
+            failures.append(start)
+            raise ConnectionError("nats: no answer to a direct get")
+        return await read(subject, start, limit)
+
+    monkeypatch.setattr(t, "_direct_get", flaky)
+    await t.append(big)
+    await wait_until(lambda: all(uid in feed.events for uid in crowd), what="every event, after the retries")
+    assert len(failures) == 2
+    assert [feed.events[uid] for uid in crowd] == [
+        [(p, e.event)] for p, e in zip(feed.order, big, strict=True)
+    ]
+
+
+async def test_the_storage_follower_passes_over_a_record_that_is_not_a_message(
+    transport: tuple[NatsTransport, Feed], redis_url: str, tmp_path: Path
+) -> None:
+    """One bad record in the log (written by a broken plugin or by hand) is logged and
+    passed over; the messages around it are stored and the position moves past it."""
+    t, _ = transport
+    storage = RedisStorage(
+        PluginSettings("redis", {"url": redis_url, "prefix": f"test:{uuid.uuid4().hex}:"}, {})
+    )
+    await storage.start(App(tmp_path))
+    try:
+        cid, sender = users(2)
+        good = [Message(n, cid, sender, f"body {n}", f"c{n}", "2026-11-25T10:00:00.000Z") for n in (1, 2)]
+        await t.append([LogEntry((sender,), b"{}", good[0].to_json())])
+        await t.append([LogEntry((sender,), b"{}", b'{"not": "a message"}')])
+        (last,) = await t.append([LogEntry((sender,), b"{}", good[1].to_json())])
+        assert await StorageFollower(t, storage).catch_up() == 3
+        page = await storage.page(cid, None, None, 10)
+        assert sorted(Message.from_json(m).id for m in page.messages) == [1, 2]
+        assert await storage.position() == last
+    finally:
+        await storage.close()
