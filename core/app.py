@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import itertools
 import logging
 import os
@@ -40,7 +39,6 @@ from .slots import IdGenerator, Notifier, Storage, Transport
 log = logging.getLogger("kibitz")
 
 _app_numbers = itertools.count()
-GC_FIRST_GENERATION = 20_000  # new container objects between two young collections
 
 
 class StartupError(Exception):
@@ -97,7 +95,6 @@ class Kibitz:
             await self.stop()
             raise StartupError(f"{self._starting}: {type(e).__name__}: {e}") from e
         await call_each(self.pm, "startup", app=self)
-        _tune_garbage_collector()
         self.ready = True
         log.info("ready", extra={"url": self.settings.url, "instance": self.instance_id})
 
@@ -143,20 +140,6 @@ class Kibitz:
         with contextlib.suppress(Exception):
             await self.engine.dispose()
         log.info("stopped")
-
-
-def _tune_garbage_collector() -> None:
-    """Keep the cyclic garbage collector off the hot path.
-
-    What start-up made lives as long as the process: ``gc.freeze()`` takes it out of
-    every later collection. A serving process makes many short-lived containers (frames,
-    events, futures): a larger first generation lets most of them die before a
-    collection looks at them. The collector took about 12 % of the busy time at 2,000
-    msg/s with the defaults (700, 10, 10).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_FIRST_GENERATION, 20, 20)
 
 
 def _register_plugin_routes(app: Sanic, kibitz: Kibitz) -> None:

@@ -101,6 +101,11 @@ class Messages:
                 task = asyncio.create_task(self._send_once(sender, conversation, body, client_msg_id, turn))
                 self._in_flight[key] = task
                 task.add_done_callback(lambda _: self._in_flight.pop(key, None))
+            elif turn is not None:
+                # A resend adds nothing to the log: let the next frames go now. Holding the
+                # turn while awaiting a task that itself waits for this turn would stall
+                # the connection for good (the resend's frame may have started first).
+                turn.release()
             message, data, new = await asyncio.shield(task)
         finally:
             if turn is not None:
@@ -245,9 +250,11 @@ class Turn:
     async def wait(self) -> None:
         """Until the previous send of the connection has joined the log, or ended without."""
         if self.previous is not None and not self.previous.done():
+            # asyncio.wait, not await: a cancelled waiter must not cancel the turn itself.
             await asyncio.wait((self.previous,))
 
     def release(self) -> None:
+        """This send has joined the commit queue, or ended without: the next may go."""
         if not self.passed.done():
             self.passed.set_result(None)
 
@@ -266,6 +273,7 @@ class SendOrder:
         self._last: asyncio.Future[None] | None = None
 
     def take(self) -> Turn:
+        """The turn of the frame that has just arrived, after every earlier one."""
         turn = Turn(self._last)
         self._last = turn.passed
         return turn

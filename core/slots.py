@@ -47,7 +47,9 @@ class Transport(Protocol):
 
         All or nothing, and durable (fsynced) when it returns: this is the commit point
         of a message. Concurrent calls may be committed together (group commit). Entries
-        of one call keep their order in every log.
+        of one call keep their order in every log, and calls are committed in the order
+        they start: the core relies on that to keep a sender's messages in order, so an
+        implementation queues the call before its first ``await``.
         """
 
     async def now(self) -> int:

@@ -4,9 +4,8 @@ A connection says ``hello`` with its token (and a cursor to resume from), gets `
 once live delivery to it is in place, then the backlog after its cursor, then live
 events, each exactly once and in log order. It can send, mark read, say it is typing and
 ping. Every frame the server writes goes through one bounded queue and one writer task;
-a client too slow to take its events is closed (1013) and resumes from its cursor. One
-``Keepalive`` task pings every socket once per ``ping_interval`` and closes the ones
-that stopped answering.
+a client too slow to take its events is closed (1013) and resumes from its cursor.
+Pings to keep sockets alive are ``kibitz.gateways.keepalive``'s.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from ..errors import ApiError, CursorExpired, InvalidRequest
 from ..messages import SendOrder
 from ..models import Device, User
 from ..plugin_manager import call_each
+from .keepalive import Keepalive
 from .sync import Backlog, read_backlog
 
 if TYPE_CHECKING:
@@ -44,11 +44,8 @@ WRITE_FRAMES = 64  # frames written in one system call at most
 REPLAY_PAGE = 500
 TYPING_INTERVAL = 2.0  # seconds: typing frames closer together than this are not passed on
 
-PING = b"kibitz"  # the payload of every keepalive ping; Sanic resolves it when the pong comes
-
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED = 1003
-CLOSE_NO_PONG = 1011
 CLOSE_TRY_AGAIN = 1013
 CLOSE_BAD_CURSOR = 4400
 CLOSE_UNAUTHORIZED = 4401
@@ -71,7 +68,6 @@ class Connection:
         self.held: list[tuple[int, bytes]] = []  # live events that arrived during the replay
         self.closing = False
         self.typed: dict[int, float] = {}  # conversation id: when this connection last said typing
-        self.slot = 0  # where it sits on the keepalive wheel
         self.order = SendOrder()
         self.sends = asyncio.Semaphore(SENDS_IN_FLIGHT)
 
@@ -146,27 +142,9 @@ class Connection:
         return True
 
     def send_done(self, task: asyncio.Task[None]) -> None:
+        """A send frame's task ended: forget it and let the next frame in."""
         _tasks.discard(task)
         self.sends.release()
-
-    def ping(self) -> None:
-        """A keepalive ping; if the previous one is still unanswered, close the socket instead.
-
-        Written straight to the transport, as Sanic's own ``fail_connection`` does, so a
-        client that stopped reading cannot hold up the sweep.
-        """
-        ws = self.ws
-        transport = ws.io_proto.transport if ws.io_proto else None
-        if ws.ws_proto.state is not State.OPEN or transport is None or ws.loop is None:
-            return
-        if PING in ws.pings:  # Sanic removes a ping from ``pings`` when its pong arrives
-            self.closing = True
-            ws.fail_connection(CLOSE_NO_PONG, "keepalive ping timeout")
-            return
-        ws.pings[PING] = ws.loop.create_future()
-        ws.ws_proto.send_ping(PING)
-        for data in ws.ws_proto.data_to_send():
-            transport.write(data)
 
     # -- replay ------------------------------------------------------------------------------
 
@@ -190,45 +168,6 @@ class Connection:
             self.deliver(event_position, event)
 
 
-class Keepalive:
-    """Pings every open WebSocket once per interval, from one task.
-
-    Connections sit on a wheel of one-second slots; each second the sweep visits the next
-    slot and pings its connections (``Connection.ping`` closes those whose last ping went
-    unanswered). That is one small write per socket per interval and no task or timer per
-    socket: Sanic's own keepalive, a task with a timer and a pong wait per socket, kept
-    13 % of a core busy with 10,000 idle sockets.
-    """
-
-    def __init__(self, interval: float) -> None:
-        self.slots: list[set[Connection]] = [set() for _ in range(max(1, round(interval)))]
-        self.tick = interval / len(self.slots)
-        self.turn = 0  # the slot the next sweep visits
-        self.task: asyncio.Task[None] | None = None
-
-    def add(self, connection: Connection) -> None:
-        connection.slot = (self.turn - 1) % len(self.slots)  # visited last: first ping one interval on
-        self.slots[connection.slot].add(connection)
-
-    def remove(self, connection: Connection) -> None:
-        self.slots[connection.slot].discard(connection)
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.tick)
-            due = self.slots[self.turn]
-            self.turn = (self.turn + 1) % len(self.slots)
-            for connection in list(due):
-                connection.ping()
-
-    async def start(self, app: Sanic) -> None:
-        self.task = asyncio.create_task(self.run())
-
-    async def stop(self, app: Sanic) -> None:
-        if self.task is not None:
-            self.task.cancel()
-
-
 async def websocket(request: Request, ws: WebsocketImplProtocol) -> None:
     kibitz: Kibitz = request.app.ctx.kibitz
     keepalive: Keepalive = request.app.ctx.keepalive
@@ -238,7 +177,7 @@ async def websocket(request: Request, ws: WebsocketImplProtocol) -> None:
     user, device, since = hello
     connection = Connection(ws, kibitz, user, device)
     kibitz.hub.add(connection)
-    keepalive.add(connection)
+    keepalive.add(ws)
     writer: asyncio.Task[None] | None = None
     try:
         first: Backlog | None = None
@@ -263,7 +202,7 @@ async def websocket(request: Request, ws: WebsocketImplProtocol) -> None:
         pass
     finally:
         kibitz.hub.remove(connection)
-        keepalive.remove(connection)
+        keepalive.remove(ws)
         if writer is not None:
             writer.cancel()
         _spawn(call_each(kibitz.pm, "connection_closed", user=user, device=device, app=kibitz))

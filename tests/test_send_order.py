@@ -1,0 +1,75 @@
+"""``SendOrder``: one connection's concurrent sends join the log in frame order, and a
+resend whose frame overtakes the first one cannot stall the connection.
+
+These drive the send path of a real in-process ``Kibitz`` (its own embedded NATS and
+Redis, SQLite) directly, to make the interleavings a WebSocket produces by chance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from kibitz.app import Kibitz
+from kibitz.messages import SendOrder
+from kibitz.models import Conversation, User
+from kibitz.settings import load_settings
+
+from .kibitz_client import wait_until
+
+
+@pytest.fixture
+async def kibitz(tmp_path: Path) -> AsyncIterator[Kibitz]:
+    k = Kibitz(
+        load_settings(environ={"KIBITZ_DATA_DIR": str(tmp_path / "data"), "KIBITZ_RATE_LIMITS": "off"})
+    )
+    await k.start()
+    yield k
+    await k.drain()
+    await k.stop()
+
+
+async def pair(kibitz: Kibitz) -> tuple[User, Conversation]:
+    alice = await kibitz.accounts.sign_up("alice", "correct horse", None)
+    bob = await kibitz.accounts.sign_up("bob", "correct horse", None)
+    conversation, _ = await kibitz.conversations.create_direct(alice.id, bob.id)
+    return alice, conversation
+
+
+async def test_a_resend_that_overtakes_its_first_frame_does_not_stall_the_connection(kibitz: Kibitz) -> None:
+    alice, conversation = await pair(kibitz)
+    order = SendOrder()
+    first, resend, later = order.take(), order.take(), order.take()
+    # The resend's frame reaches the send path first (its conversation lookup was quicker)
+    # and starts the work, which waits for the first frame's turn...
+    second = asyncio.create_task(kibitz.messages.send(alice, conversation, "hi", "same", resend))
+    await wait_until(lambda: (alice.id, "same") in kibitz.messages._in_flight, what="the resend in flight")
+    # ... then the first frame arrives with that turn, and the connection sends on.
+    answers = await asyncio.wait_for(
+        asyncio.gather(
+            kibitz.messages.send(alice, conversation, "hi", "same", first),
+            second,
+            kibitz.messages.send(alice, conversation, "next", "other", later),
+        ),
+        30,
+    )
+    (message, _, new), (again, _, repeated), (after, _, _) = answers
+    assert again == message and [new, repeated].count(True) == 1
+    assert after.id > message.id
+
+
+async def test_turns_put_the_ids_in_frame_order_whatever_order_the_sends_start(kibitz: Kibitz) -> None:
+    alice, conversation = await pair(kibitz)
+    order = SendOrder()
+    turns = [order.take() for _ in range(20)]
+    sends = [
+        kibitz.messages.send(alice, conversation, f"message {n}", f"m{n}", turns[n])
+        for n in reversed(range(20))  # the last frame's send starts first
+    ]
+    answers = await asyncio.wait_for(asyncio.gather(*sends), 30)
+    by_frame = sorted(answers, key=lambda answer: int(answer[0].client_msg_id[1:]))
+    ids = [message.id for message, _, _ in by_frame]
+    assert ids == sorted(ids)
