@@ -223,7 +223,10 @@ class Messages:
                 log.exception("notify_failed", extra={"notifier": type(notifier).__name__})
 
     async def drain(self) -> None:
-        """Wait for the work that runs after sends (hooks, notifications) to finish."""
+        """Wait for the sends in flight, then for the work that runs after sends (hooks,
+        notifications), so nothing is cut off when the slots stop."""
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 

@@ -1,5 +1,6 @@
 """``SendOrder``: one connection's concurrent sends join the log in frame order, and a
-resend whose frame overtakes the first one cannot stall the connection.
+resend whose frame overtakes the first one cannot stall the connection. And stopping
+lets the sends in flight finish before the slots stop.
 
 These drive the send path of a real in-process ``Kibitz`` (its own embedded NATS and
 Redis, SQLite) directly, to make the interleavings a WebSocket produces by chance.
@@ -73,3 +74,23 @@ async def test_turns_put_the_ids_in_frame_order_whatever_order_the_sends_start(k
     by_frame = sorted(answers, key=lambda answer: int(answer[0].client_msg_id[1:]))
     ids = [message.id for message, _, _ in by_frame]
     assert ids == sorted(ids)
+
+
+async def test_stopping_lets_the_sends_in_flight_finish(tmp_path: Path) -> None:
+    k = Kibitz(
+        load_settings(environ={"KIBITZ_DATA_DIR": str(tmp_path / "data"), "KIBITZ_RATE_LIMITS": "off"})
+    )
+    await k.start()
+    try:
+        alice, conversation = await pair(k)
+        sends = [
+            asyncio.create_task(k.messages.send(alice, conversation, f"last words {n}", f"w{n}"))
+            for n in range(50)
+        ]
+        await asyncio.sleep(0)  # one turn of the loop: every send has started, none has ended
+        assert len(k.messages._in_flight) == 50
+        await k.drain()
+    finally:
+        await k.stop()
+    answers = await asyncio.gather(*sends)
+    assert len({message.id for message, _, _ in answers}) == 50
