@@ -91,25 +91,22 @@ class Messages:
         The work runs as a task of its own, so a client that hangs up mid-send does not
         cut it short between the log and storage; a resend meanwhile waits for the same
         task and gets its message. ``turn`` keeps concurrent sends of one connection in
-        the order they came (see ``SendOrder``).
+        the order they came (see ``SendOrder``); whoever took the turn releases it once
+        this returns.
         """
         key = (sender.id, client_msg_id)
         task = self._in_flight.get(key)
         first = task is None
-        try:
-            if task is None:
-                task = asyncio.create_task(self._send_once(sender, conversation, body, client_msg_id, turn))
-                self._in_flight[key] = task
-                task.add_done_callback(lambda _: self._in_flight.pop(key, None))
-            elif turn is not None:
-                # A resend adds nothing to the log: let the next frames go now. Holding the
-                # turn while awaiting a task that itself waits for this turn would stall
-                # the connection for good (the resend's frame may have started first).
-                turn.release()
-            message, data, new = await asyncio.shield(task)
-        finally:
-            if turn is not None:
-                turn.release()  # if the send ended before its message joined the log
+        if task is None:
+            task = asyncio.create_task(self._send_once(sender, conversation, body, client_msg_id, turn))
+            self._in_flight[key] = task
+            task.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        elif turn is not None:
+            # A resend adds nothing to the log: let the next frames go now. Holding the
+            # turn while awaiting a task that itself waits for this turn would stall
+            # the connection for good (the resend's frame may have started first).
+            turn.release()
+        message, data, new = await asyncio.shield(task)
         return message, data, new and first
 
     async def _send_once(

@@ -141,11 +141,6 @@ class Connection:
             await ws.send_data([b"".join(ws.ws_proto.data_to_send())])
         return True
 
-    def send_done(self, task: asyncio.Task[None]) -> None:
-        """A send frame's task ended: forget it and let the next frame in."""
-        _tasks.discard(task)
-        self.sends.release()
-
     # -- replay ------------------------------------------------------------------------------
 
     async def replay(self, after: int, first: Backlog | None) -> None:
@@ -263,9 +258,9 @@ async def _read_loop(ws: WebsocketImplProtocol, connection: Connection, kibitz: 
             await _answer(kind, handler, message, connection, kibitz)
             continue
         await connection.sends.acquire()
-        task = asyncio.create_task(_answer(kind, handler, message, connection, kibitz))
-        _tasks.add(task)
-        task.add_done_callback(connection.send_done)
+        _spawn(_answer(kind, handler, message, connection, kibitz)).add_done_callback(
+            lambda _: connection.sends.release()
+        )
 
 
 async def _answer(
@@ -296,10 +291,9 @@ async def _send(frame: dict[str, Any], connection: Connection, kibitz: Kibitz) -
         cid = parse_id(frame.get("conversation_id"), "conversation_id")
         conversation = await kibitz.conversations.of_member(cid, connection.user_id)
         kibitz.rate_limits.send(connection.user_id)
-    except BaseException:
-        turn.release()
-        raise
-    _, data, _ = await kibitz.messages.send(connection.user, conversation, body, client_msg_id, turn)
+        _, data, _ = await kibitz.messages.send(connection.user, conversation, body, client_msg_id, turn)
+    finally:
+        turn.release()  # if this send ended before its message joined the log
     connection.put(
         b'{"type":"sent","client_msg_id":' + orjson.dumps(client_msg_id) + b',"message":' + data + b"}"
     )
@@ -356,10 +350,12 @@ def _error(code: str, message: str, client_msg_id: object = None, retry_after: i
 _tasks: set[asyncio.Task[None]] = set()
 
 
-def _spawn(work: Any) -> None:
+def _spawn(work: Any) -> asyncio.Future[Any]:
+    """Run ``work`` on its own, keeping a reference until it ends."""
     task = asyncio.ensure_future(work)
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
+    return task
 
 
 async def close_all(kibitz: Kibitz) -> None:
