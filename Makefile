@@ -1,37 +1,55 @@
 # The two commands of the README: `make run` and `make test`. Each sets up what is missing.
+# Tools run as `.venv/bin/python -m ...`, so no script's `#!` line decides which venv runs.
 
 ifndef PYTHON
 PYTHON := $(shell for p in python3.13 python3.12 python3.11 python3; do $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && { echo $$p; break; }; done)
 endif
 VENV := .venv
-BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --quiet --disable-pip-version-check
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
+
+# A venv is kept only if it was made here and still works: its python runs and its pip's
+# `#!` line names this folder's venv. One copied or cloned from another folder, or left
+# by a Python that is gone, is made anew (its scripts and editable install point elsewhere).
+VENV_OK := $(shell $(PY) -c 'import sys' >/dev/null 2>&1 && head -1 $(VENV)/bin/pip 2>/dev/null | grep -qF '#!$(CURDIR)/$(VENV)/bin/' && echo yes)
+ifneq ($(VENV_OK),yes)
+$(shell rm -rf $(VENV))
+endif
 
 .PHONY: run test lint bench bench-quick clean
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Kibitz needs Python 3.11 or newer (python3.11, python3.12 ...)"; exit 1; }
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(BIN)/python -m pip install --quiet -e tests/example-plugin
-	touch $(STAMP)
+	@echo "Setting up $(VENV) with Kibitz and its dependencies (only when missing or changed)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PIP) install --upgrade pip
+	@$(PIP) install -e .
+	@touch $@
 
-run: $(STAMP)
-	$(BIN)/kibitz serve
+$(TEST_STAMP): $(RUN_STAMP) tests/example-plugin/pyproject.toml
+	@echo "Setting up the test tools and the example plugin in $(VENV)"
+	@$(PIP) install -e '.[test]' -e tests/example-plugin
+	@touch $@
 
-test: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/pytest || test $$? -eq 5  # 5: no tests collected
+run: $(RUN_STAMP)
+	@$(PY) -m kibitz serve
 
-bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python -m bench
+lint: $(TEST_STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
-bench-quick: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python -m bench --quick
+test: lint
+	$(PY) -m pytest
+
+bench: $(TEST_STAMP)
+	@$(PIP) install -e '.[bench]'
+	$(PY) -m bench
+
+bench-quick: $(TEST_STAMP)
+	@$(PIP) install -e '.[bench]'
+	$(PY) -m bench --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info
