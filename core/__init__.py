@@ -3,10 +3,12 @@
 from .errors import ConfigError, CursorExpired, Rejected, Unavailable
 from .hookspecs import hookimpl
 from .leases import Lease, Leases, LeaseUnavailable
+from .logs import redact_url
 from .models import Conversation, Device, Draft, LogEntry, Message, User
 from .settings import PluginSettings
 from .slots import IdGenerator, LiveEvent, LiveSignal, Notifier, Page, Storage, StoredMessage, Transport
 from .supervisor import ChildProcess, find_binary, free_port
+from .tasks import Tasks
 
 __all__ = [
     "ChildProcess",
@@ -29,10 +31,12 @@ __all__ = [
     "Rejected",
     "Storage",
     "StoredMessage",
+    "Tasks",
     "Transport",
     "Unavailable",
     "User",
     "find_binary",
     "free_port",
     "hookimpl",
+    "redact_url",
 ]

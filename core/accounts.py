@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import re
 import secrets
-import time
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
@@ -21,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .database import devices, users
 from .errors import InvalidRequest, NotFound, RegistrationClosed, UsernameTaken
-from .models import Device, User, rfc3339
+from .models import Device, User, now_ms, rfc3339
 
 USERNAME = re.compile(r"[a-z0-9_.-]{3,32}")
 MIN_PASSWORD = 8
@@ -38,10 +37,6 @@ _DUMMY_HASH = _hasher.hash("kibitz-no-such-user")
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _user(row: sa.Row) -> User:
@@ -79,7 +74,7 @@ class Accounts:
                         username=name,
                         display_name=display_name.strip(),
                         password_hash=hashed,
-                        created_ms=_now_ms(),
+                        created_ms=now_ms(),
                     )
                 )
         except IntegrityError:
@@ -95,7 +90,7 @@ class Accounts:
         if row is None or not ok:
             return None
         token = secrets.token_urlsafe(32)
-        created = _now_ms()
+        created = now_ms()
         async with self.engine.begin() as db:
             result = await db.execute(
                 devices.insert().values(

@@ -35,6 +35,7 @@ from .plugin_manager import call_each, create_plugin_manager, fill_slot
 from .ratelimit import RateLimits
 from .settings import Settings
 from .slots import IdGenerator, Notifier, Storage, Transport
+from .tasks import Tasks
 
 log = logging.getLogger("kibitz")
 
@@ -60,6 +61,7 @@ class Kibitz:
             fill_slot(self.pm, "notifier", n, settings) for n in settings.notify
         ]
         self.metrics = Metrics()
+        self.tasks = Tasks()  # background work of every part; shutdown waits for it
         self.engine = create_engine(settings.sqlalchemy_url)
         self.leases = Leases(self.engine, self.instance_id)
         self.accounts = Accounts(self.engine, settings.registration)
@@ -127,9 +129,11 @@ class Kibitz:
         self.hub.close_all()
         await ws.close_all(self)
         await self.messages.drain()
+        await self.tasks.wait()
         await call_each(self.pm, "shutdown", app=self)
 
     async def stop(self) -> None:
+        await self.tasks.wait()  # what closing connections started after the drain
         await self.follower.stop()
         for part in reversed(self._started):
             try:
@@ -171,7 +175,7 @@ def create_app(settings: Settings, plugins: Iterable[object] = ()) -> Sanic:
             "KEEP_ALIVE_TIMEOUT": 75,
             "GRACEFUL_SHUTDOWN_TIMEOUT": 10,
             "WEBSOCKET_MAX_SIZE": settings.max_frame_bytes,
-            "WEBSOCKET_PING_INTERVAL": None,  # ws.Keepalive pings, for all sockets at once
+            "WEBSOCKET_PING_INTERVAL": None,  # gateways.keepalive pings every socket from one task
             "ACCESS_LOG": False,
             "MOTD": False,
             "NOISY_EXCEPTIONS": False,

@@ -2,8 +2,9 @@
 
 While one batch is on its way, new items wait; when it returns they all go in the next
 one. Under light load a batch is one item and adds no delay; under heavy load each
-round trip carries many items. The transport commits this way to JetStream, and the
-send path uses it for storage writes and idempotency look-ups.
+round trip carries many items. The send path uses it for storage writes and idempotency
+look-ups (the ``nats`` transport gathers its appends into atomic batches with a commit
+loop of its own, which keeps two batches in flight).
 """
 
 from __future__ import annotations

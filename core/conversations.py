@@ -8,7 +8,6 @@ passes through its live feed.
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -19,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .database import conversations, members
 from .errors import Forbidden, InvalidRequest, NotFound, Unavailable
-from .models import Conversation, LogEntry, rfc3339
+from .models import Conversation, LogEntry, now_ms, rfc3339
 from .slots import Storage, Transport
 
 MAX_NAME = 128
@@ -170,7 +169,7 @@ class Conversations:
         direct_key: str | None = None,
     ) -> int:
         """A new conversation and its members, in one transaction; its id."""
-        now = _now_ms()
+        now = now_ms()
         async with self.engine.begin() as db:
             result = await db.execute(
                 conversations.insert().values(
@@ -195,7 +194,7 @@ class Conversations:
             async with self.engine.begin() as db:
                 await db.execute(
                     members.insert().values(
-                        conversation_id=conversation.id, user_id=user_id, joined_ms=_now_ms()
+                        conversation_id=conversation.id, user_id=user_id, joined_ms=now_ms()
                     )
                 )
         except IntegrityError:
@@ -272,7 +271,3 @@ def _conversation(row: sa.Row, member_ids: tuple[int, ...]) -> Conversation:
         members=member_ids,
         created_at=rfc3339(row.created_ms),
     )
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

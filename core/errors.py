@@ -69,13 +69,6 @@ class NotFound(ApiError):
     code = "not_found"
 
 
-class MethodNotAllowed(ApiError):
-    """The path exists but not with this method."""
-
-    status = 405
-    code = "method_not_allowed"
-
-
 class UsernameTaken(ApiError):
     """Another account has this username."""
 

@@ -53,8 +53,7 @@ class Hub:
         self.metrics = metrics
         self.forget_conversation = forget_conversation
         self.connections: dict[int, set[LiveConnection]] = {}
-        self.polls: dict[int, list[Poll]] = {}  # long polls waiting, per user
-        self.polling: dict[int, int] = {}  # long polls in flight, per user
+        self.polls: dict[int, list[Poll]] = {}  # long polls in flight, per user
         # The largest position the live feed has handed over: every event at or before it
         # that belongs to a connected user has been delivered to that user's connections.
         self.position = 0
@@ -104,7 +103,6 @@ class Hub:
         """A long poll begins: it collects the events of ``user_id`` that arrive from now on."""
         poll = Poll()
         self.polls.setdefault(user_id, []).append(poll)
-        self.polling[user_id] = self.polling.get(user_id, 0) + 1
         self.metrics.connections.labels("longpoll").inc()
         return poll
 
@@ -113,19 +111,16 @@ class Hub:
         waiters.remove(poll)
         if not waiters:
             del self.polls[user_id]
-        self.polling[user_id] -= 1
-        if not self.polling[user_id]:
-            del self.polling[user_id]
         self.metrics.connections.labels("longpoll").dec()
 
     def is_live(self, user_id: int) -> bool:
         """Whether the user has a WebSocket or a long poll in flight on this instance."""
-        return user_id in self.connections or user_id in self.polling
+        return user_id in self.connections or user_id in self.polls
 
     @property
     def count(self) -> int:
         """Open WebSockets and long polls in flight on this instance."""
-        return sum(len(c) for c in self.connections.values()) + sum(self.polling.values())
+        return sum(len(c) for c in self.connections.values()) + sum(len(p) for p in self.polls.values())
 
     def close_all(self) -> None:
         """Wake every long poll (shutdown); WebSockets are closed by their gateway."""

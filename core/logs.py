@@ -1,6 +1,7 @@
 """Structured logs: one JSON object per line, with the fields passed as ``extra``.
 
-Nothing here adds secrets: code logs ids and names, never passwords, tokens or keys.
+Nothing here adds secrets: code logs ids and names, never passwords, tokens or keys;
+a URL that may carry a password goes through ``redact_url`` first.
 """
 
 from __future__ import annotations
@@ -8,10 +9,32 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (in the user info, or a ``password=`` query item) as ``***``.
+
+    For logs and error messages: ``nats://kibitz:s3cret@nats-1:4222`` becomes
+    ``nats://kibitz:***@nats-1:4222``.
+    """
+    try:
+        parts = urlsplit(url)
+        items = parts.query.split("&") if parts.query else []
+        if parts.password is None and not any(item.startswith("password=") for item in items):
+            return url
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, _, host = netloc.rpartition("@")
+            netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+        query = "&".join("password=***" if item.startswith("password=") else item for item in items)
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:
+        return "<unparsable URL>"
 
 
 class JsonFormatter(logging.Formatter):

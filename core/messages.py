@@ -16,8 +16,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -67,7 +67,6 @@ class Messages:
         self._writes: Batcher[StoredMessage, None] = Batcher(self._store)
         # Sends whose append failed without a clear answer: the log may hold them anyway.
         self._uncertain: dict[tuple[int, str], None] = {}
-        self._background: set[asyncio.Task[None]] = set()
 
     def validate(self, body: object, client_msg_id: object) -> tuple[str, str]:
         if not isinstance(client_msg_id, str) or not 1 <= len(client_msg_id) <= MAX_CLIENT_MSG_ID:
@@ -198,14 +197,9 @@ class Messages:
             log.warning("storage_append_failed", extra={"error": f"{type(e).__name__}: {e}"})
             raise Unavailable("history storage did not answer; retry with the same client_msg_id") from None
         self.kibitz.metrics.accepted(time.time() - now)
-        self._after(self._accepted(wrappers, message, conversation))
+        # Beside the send path; shutdown waits for it (``Kibitz.tasks``).
+        self.kibitz.tasks.spawn(self._accepted(wrappers, message, conversation), name="message-accepted")
         return message, data
-
-    def _after(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work`` beside the send path; ``drain`` waits for it at shutdown."""
-        task = asyncio.create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     async def _accepted(self, wrappers: SendWrappers, message: Message, conversation: Conversation) -> None:
         await wrappers.after(message)
@@ -220,12 +214,9 @@ class Messages:
                 log.exception("notify_failed", extra={"notifier": type(notifier).__name__})
 
     async def drain(self) -> None:
-        """Wait for the sends in flight, then for the work that runs after sends (hooks,
-        notifications), so nothing is cut off when the slots stop."""
+        """Wait for the sends in flight, so none is cut off between the log and storage."""
         if self._in_flight:
             await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def history(
         self, conversation: Conversation, before: int | None, after: int | None, limit: int

@@ -13,6 +13,11 @@ from dataclasses import dataclass
 import orjson
 
 
+def now_ms() -> int:
+    """Milliseconds since the Unix epoch, now."""
+    return int(time.time() * 1000)
+
+
 def rfc3339(ms: int) -> str:
     """Milliseconds since the Unix epoch as an RFC 3339 UTC string with milliseconds."""
     seconds, millis = divmod(ms, 1000)

@@ -78,12 +78,6 @@ class PluginSettings(Mapping[str, Any]):
     def size(self, key: str, default: int) -> int:
         return _size(self.source(key), self.get(key, default))
 
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        value = str(self.get(key, default))
-        if value not in choices:
-            raise ConfigError(f"{self.source(key)}={value!r}: must be one of {', '.join(choices)}")
-        return value
-
 
 @dataclass(frozen=True)
 class Settings:

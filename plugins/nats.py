@@ -38,7 +38,6 @@ from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import orjson
@@ -53,9 +52,11 @@ from kibitz import (
     LiveSignal,
     LogEntry,
     PluginSettings,
+    Tasks,
     find_binary,
     free_port,
     hookimpl,
+    redact_url,
 )
 
 log = logging.getLogger("kibitz.nats")
@@ -99,7 +100,7 @@ class NatsTransport:
         for server in self.servers:
             if not server.startswith(("nats://", "tls://", "ws://", "wss://")):
                 raise ConfigError(
-                    f"{settings.source('url')}={_redact(server)!r}: expected 'embedded' or nats:// URLs"
+                    f"{settings.source('url')}={redact_url(server)!r}: expected 'embedded' or nats:// URLs"
                 )
         self.retention_age = settings.duration("retention_age", "30d")
         self.retention_bytes = settings.size("retention_bytes", "10GB")
@@ -114,7 +115,7 @@ class NatsTransport:
         self._wake = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self._in_flight = asyncio.Semaphore(BATCHES_IN_FLIGHT)
-        self._batches: set[asyncio.Task[None]] = set()
+        self._batches = Tasks()
         self._on_event: LiveEvent | None = None
         self._on_signal: LiveSignal | None = None
         self._replies: dict[str, asyncio.Queue[Msg]] = {}
@@ -159,7 +160,7 @@ class NatsTransport:
                 CONNECT_DEADLINE,
             )
         except TimeoutError:
-            servers = ", ".join(_redact(server) for server in self.servers)
+            servers = ", ".join(redact_url(server) for server in self.servers)
             raise ConnectionError(f"cannot reach NATS at {servers} within {CONNECT_DEADLINE:.0f} s") from None
 
     async def _on_error(self, error: Exception) -> None:
@@ -180,8 +181,7 @@ class NatsTransport:
             self._committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._committer
-        if self._batches:
-            await asyncio.gather(*self._batches, return_exceptions=True)
+        await self._batches.wait()
         for pending in self._pending:
             if not pending.future.done():
                 pending.future.set_exception(ConnectionError("transport closed"))
@@ -253,9 +253,7 @@ class NatsTransport:
                     batch.append(self._pending.popleft())
                     size += following.size
                     live_bytes += following.live_bytes
-                task = asyncio.create_task(self._commit(batch))
-                self._batches.add(task)
-                task.add_done_callback(self._batches.discard)
+                self._batches.spawn(self._commit(batch), name="nats-commit")
 
     async def _commit(self, batch: list[Append]) -> None:
         try:
@@ -504,11 +502,3 @@ def _write_config(folder: Path, port: int) -> Path:
         f'jetstream {{\n  store_dir: "{folder / "jetstream"}"\n  sync_interval: always\n}}\n'
     )
     return config
-
-
-def _redact(url: str) -> str:
-    """A NATS URL with any password replaced by ``***``, fit for logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.hostname}:{parts.port}"))

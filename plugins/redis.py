@@ -45,7 +45,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import ParamSpec, Protocol, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import parse_url
@@ -65,6 +65,7 @@ from kibitz import (
     find_binary,
     free_port,
     hookimpl,
+    redact_url,
 )
 
 log = logging.getLogger("kibitz.plugins.redis")
@@ -171,7 +172,7 @@ class RedisStorage:
         except Exception:
             await self.close()
             raise
-        log.info("storage_connected", extra={"redis": _redact(url)})
+        log.info("storage_connected", extra={"redis": redact_url(url)})
 
     async def _wait_loaded(self) -> None:
         loop = asyncio.get_running_loop()
@@ -318,7 +319,7 @@ async def _start_server(folder: Path) -> ChildProcess:
 
 def _check_url(source: str, url: str) -> str:
     """The URL if redis-py can use it, else ConfigError naming ``source`` (password hidden)."""
-    shown = _redact(url)
+    shown = redact_url(url)
     try:
         scheme = urlsplit(url).scheme
     except ValueError:
@@ -332,21 +333,3 @@ def _check_url(source: str, url: str) -> str:
     if scheme == "unix" and not kwargs.get("path"):
         raise ConfigError(f"{source}={shown!r}: a unix:// URL needs the socket path")
     return url
-
-
-def _redact(url: str) -> str:
-    """The URL with any password replaced by ``***``, for logs and errors."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None and "password=" not in parts.query:
-            return url
-        netloc = parts.netloc
-        if parts.password is not None:
-            userinfo, _, host = netloc.rpartition("@")
-            netloc = f"{userinfo.partition(':')[0]}:***@{host}"
-        query = "&".join(
-            "password=***" if item.startswith("password=") else item for item in parts.query.split("&")
-        )
-        return urlunsplit(parts._replace(netloc=netloc, query=query))
-    except ValueError:
-        return "<unparsable URL>"

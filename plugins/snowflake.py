@@ -109,11 +109,6 @@ class SnowflakeIds:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
-    @property
-    def worker(self) -> int | None:
-        """The leased worker number, or None when there is none."""
-        return None if self._lease is None else self._lease.number
-
     async def start(self, app: Kibitz) -> None:
         """Lease a worker number and record the first ceiling; renew in the background."""
         self._leases = app.leases

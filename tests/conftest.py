@@ -9,7 +9,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kibitz.database import create_engine, leases, migrate
 from kibitz.supervisor import ChildProcess
 
 from .kibitz_client import Client, Server, make_server, nats_child, redis_child
@@ -98,6 +100,24 @@ async def fresh_postgres_database(base_url: str) -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """A migrated database of the test's own (SQLite, and PostgreSQL when configured)."""
+    engine = create_engine(database_url)
+    await migrate(engine)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def kind(engine: AsyncEngine) -> AsyncIterator[str]:
+    """A lease kind of this test alone (tests never share lease numbers); deleted afterwards."""
+    kind = f"test-{uuid.uuid4().hex[:16]}"
+    yield kind
+    async with engine.begin() as connection:
+        await connection.execute(leases.delete().where(leases.c.kind == kind))
 
 
 @pytest.fixture(scope="session")

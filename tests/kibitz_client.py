@@ -213,6 +213,11 @@ class Client:
         name, _ = await self.sign_up(**extra)
         return await self.log_in(name)
 
+    async def devices(self, count: int) -> list[Session]:
+        """One new user logged in on ``count`` devices."""
+        name, _ = await self.sign_up()
+        return [await self.log_in(name, f"device {n}") for n in range(count)]
+
     async def users(self, count: int) -> list[Session]:
         """``count`` new users, signed up and logged in concurrently (password hashing is slow)."""
         return list(await asyncio.gather(*[self.user() for _ in range(count)]))

@@ -3,43 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kibitz.database import create_engine, leases, migrate
+from kibitz.database import leases
 from kibitz.leases import Leases, LeaseUnavailable
 
-
-class Clock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, t: float | None = None) -> None:
-        self.t = time.time() if t is None else t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    await migrate(engine)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-async def kind(engine: AsyncEngine) -> AsyncIterator[str]:
-    """A lease kind of this test alone; its rows are deleted afterwards."""
-    kind = f"test-{uuid.uuid4().hex[:16]}"
-    yield kind
-    async with engine.begin() as connection:
-        await connection.execute(leases.delete().where(leases.c.kind == kind))
+from .clock import Clock
 
 
 async def row(engine: AsyncEngine, kind: str, number: int) -> sa.Row[tuple[str, int, str, int, int]]:

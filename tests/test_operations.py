@@ -18,7 +18,16 @@ import pytest
 
 from kibitz.supervisor import free_port
 
-from .kibitz_client import POLL_INTERVAL, Client, Server, Socket, assert_error, make_server, redis_child
+from .kibitz_client import (
+    POLL_INTERVAL,
+    Client,
+    Server,
+    Socket,
+    assert_error,
+    make_server,
+    redis_child,
+    wait_until,
+)
 
 # Every HTTP call of PROTOCOL.md, as (method, full path); path parameters as ``{}``.
 # The Web Push calls join when Web Push is built (it is not part of this release).
@@ -126,13 +135,12 @@ async def test_discovery_shape(client: Client) -> None:
         assert isinstance(server["id"], str) and server["id"], server
         assert isinstance(server["url"], str), server
         assert isinstance(server["connections"], int) and not isinstance(server["connections"], bool)
-        assert server["connections"] >= 0
     urls = [s["url"] for s in body["servers"]]
     assert client.server.url in urls, (client.server.url, urls)  # KIBITZ_PUBLIC_URL
     assert body["recommended"] in urls, body
 
 
-async def test_discovery_counts_open_websockets(client: Client) -> None:
+async def test_discovery_counts_open_websockets_and_long_polls(client: Client) -> None:
     me = await client.user()
 
     async def connections() -> int:
@@ -140,12 +148,19 @@ async def test_discovery_counts_open_websockets(client: Client) -> None:
         count: int = mine["connections"]
         return count
 
+    async def counted(expected: int) -> bool:
+        return await connections() == expected
+
+    before = await connections()
     socket = await Socket.open(client.server, me)
-    deadline = time.monotonic() + 10
-    while (seen := await connections()) < 1:
-        assert time.monotonic() < deadline, f"connections stayed {seen} with a WebSocket open"
-        await asyncio.sleep(POLL_INTERVAL)
+    await wait_until(lambda: counted(before + 1), 10, "the WebSocket to be counted")
+    poll = asyncio.create_task(client.sync(me, socket.cursor, timeout=30))
+    await wait_until(lambda: counted(before + 2), 10, "the long poll to be counted")
     await socket.close()
+    await wait_until(lambda: counted(before + 1), 10, "the closed WebSocket to leave the count")
+    await client.send(me, await client.direct(me, await client.user()), "wakes the poll")
+    await poll
+    await wait_until(lambda: counted(before), 10, "the answered long poll to leave the count")
 
 
 # -- OpenAPI --------------------------------------------------------------------------------

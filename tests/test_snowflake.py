@@ -13,41 +13,20 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kibitz import ConfigError, PluginSettings
-from kibitz.database import create_engine, leases, migrate
+from kibitz.database import leases
 from kibitz.leases import Leases
 from kibitz.plugins import snowflake
 from kibitz.plugins.snowflake import EPOCH_MS, IdsUnavailable, SnowflakeIds, decode
 
+from .clock import Clock
 from .kibitz_client import wait_until
 
 T0 = 1_780_000_000.0  # 2026-05-28, a fixed wall-clock time
 
 
-class Clock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    await migrate(engine)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-async def kind(engine: AsyncEngine) -> AsyncIterator[str]:
-    """A lease kind of this test alone (so tests never share worker numbers); deleted afterwards."""
-    kind = f"test-{uuid.uuid4().hex[:16]}"
-    yield kind
-    async with engine.begin() as connection:
-        await connection.execute(leases.delete().where(leases.c.kind == kind))
+def worker(ids: SnowflakeIds) -> int | None:
+    """The worker number the generator holds, or None."""
+    return None if ids._lease is None else ids._lease.number
 
 
 @pytest.fixture
@@ -96,17 +75,17 @@ async def test_strictly_increasing_below_2_53(started: Callable[..., Any]) -> No
     assert all(a < b for a, b in itertools.pairwise(got))
     assert got[-1] < 2**53
     for value in [*got[::997], got[-1]]:
-        ms, worker, _ = decode(value)
-        assert worker == ids.worker
+        ms, value_worker, _ = decode(value)
+        assert value_worker == worker(ids)
         # 100k ids need at least 1563 ms of id space: a burst borrows future milliseconds.
         assert before <= ms <= after + 100_000 // 64 + 1
 
 
 async def test_decode_gives_back_ms_worker_sequence(started: Callable[..., Any]) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     await started(clock=clock)  # takes worker 0
     ids = await started(clock=clock)
-    assert ids.worker == 1
+    assert worker(ids) == 1
     got = [decode(ids.next_id()) for _ in range(130)]
     ms = int(T0 * 1000)
     expected = [(ms + i // 64, 1, i % 64) for i in range(130)]  # 64 per ms, then the next ms
@@ -116,7 +95,7 @@ async def test_decode_gives_back_ms_worker_sequence(started: Callable[..., Any])
 
 
 async def test_clock_stepping_back_gives_no_duplicates(started: Callable[..., Any]) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     ids = await started(clock=clock)
     got = [ids.next_id() for _ in range(100)]
     clock.t -= 5  # NTP steps the clock back 5 s
@@ -126,13 +105,13 @@ async def test_clock_stepping_back_gives_no_duplicates(started: Callable[..., An
     assert got == sorted(set(got))
     assert decode(got[-1])[0] == int(T0 * 1000) + 4  # kept counting from the last ms (310 ids)
     clock.t += 6
-    assert decode(ids.next_id()) == (int(clock.t * 1000), ids.worker, 0)
+    assert decode(ids.next_id()) == (int(clock.t * 1000), worker(ids), 0)
 
 
 async def test_two_generators_never_collide(started: Callable[..., Any]) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     a, b = await started(clock=clock), await started(clock=clock)
-    assert a.worker != b.worker
+    assert worker(a) != worker(b)
     first: list[int] = []
     second: list[int] = []
     for step in range(2000):
@@ -145,14 +124,14 @@ async def test_two_generators_never_collide(started: Callable[..., Any]) -> None
 
 async def test_restart_with_clock_set_back_stays_above(started: Callable[..., Any]) -> None:
     """A clean stop records the last ms used; the next holder starts above it."""
-    clock = Clock()
+    clock = Clock(T0)
     first = await started(clock=clock, lease_clock=time.time)
     earlier = [first.next_id() for _ in range(1000)]  # runs 15 ms ahead of the clock
     await first.close()
 
     clock.t -= 3600  # the restarted instance's clock is an hour behind
     second = await started(clock=clock, lease_clock=time.time)
-    assert second.worker == first_worker(earlier)
+    assert worker(second) == first_worker(earlier)
     later = [second.next_id() for _ in range(1000)]
     assert min(later) > max(earlier)
     assert decode(later[0])[0] == decode(earlier[-1])[0] + 1
@@ -160,7 +139,7 @@ async def test_restart_with_clock_set_back_stays_above(started: Callable[..., An
 
 async def test_crash_restart_with_clock_set_back_stays_above(started: Callable[..., Any]) -> None:
     """No clean stop: the ceiling recorded while running keeps the restarted instance above."""
-    clock = Clock()
+    clock = Clock(T0)
     crashed = await started("host-1", clock=clock)
     earlier = [crashed.next_id() for _ in range(500)]
     clock.t += 12
@@ -170,27 +149,27 @@ async def test_crash_restart_with_clock_set_back_stays_above(started: Callable[.
 
     clock.t -= 600
     restarted = await started("host-1", clock=clock)  # same name takes its row back
-    assert restarted.worker == crashed.worker
+    assert worker(restarted) == worker(crashed)
     later = [restarted.next_id() for _ in range(1000)]
     assert min(later) > max(earlier)
 
 
 async def test_lost_lease_raises_then_recovers_with_a_new_worker(started: Callable[..., Any]) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     ids = await started(clock=clock)
     mine = [ids.next_id() for _ in range(100)]
-    lost_worker = ids.worker
+    lost_worker = worker(ids)
 
     # Another instance, whose clock is far ahead, sees the lease expired and takes it.
     ahead = Clock(T0 + 3600)
     thief = await started(clock=ahead)
-    assert thief.worker == lost_worker
+    assert worker(thief) == lost_worker
     await ids.renew()
     with pytest.raises(IdsUnavailable, match="lost"):
         ids.next_id()
 
     await ids.renew()  # takes a new worker number
-    assert ids.worker not in (None, lost_worker)
+    assert worker(ids) not in (None, lost_worker)
     mine += [ids.next_id() for _ in range(100)]
     theirs = [thief.next_id() for _ in range(100)]
     assert mine == sorted(set(mine))
@@ -198,7 +177,7 @@ async def test_lost_lease_raises_then_recovers_with_a_new_worker(started: Callab
 
 
 async def test_ceiling_blocks_until_renewed(started: Callable[..., Any]) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     ids = await started(clock=clock)
     before = ids.next_id()
     clock.t += ids.ttl + 1  # no renewal recorded this far ahead (say, the database was down)
@@ -209,7 +188,7 @@ async def test_ceiling_blocks_until_renewed(started: Callable[..., Any]) -> None
 
 
 async def test_background_task_renews_when_woken(started: Callable[..., Any]) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     ids = await started(clock=clock)
     clock.t += ids.ttl + 1
     with pytest.raises(IdsUnavailable):
@@ -226,7 +205,7 @@ async def test_background_task_renews_when_woken(started: Callable[..., Any]) ->
 
 
 async def test_close_releases_and_blocks(engine: AsyncEngine, kind: str, started: Callable[..., Any]) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     ids = await started(clock=clock)
     last = [ids.next_id() for _ in range(100)][-1]
     await ids.close()

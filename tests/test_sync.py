@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from .kibitz_client import POLL_INTERVAL, Client, Server, Session, Socket, assert_error, make_server
+from .kibitz_client import Client, Server, Session, Socket, assert_error, make_server, wait_until
 
 Event = dict[str, Any]
 
@@ -24,20 +23,6 @@ Event = dict[str, Any]
 
 async def get_sync(client: Client, who: Session, **params: Any) -> httpx.Response:
     return await client.http.get("/sync", params=params, headers=who.headers, timeout=90)
-
-
-async def devices(client: Client, count: int) -> list[Session]:
-    """One new user logged in on ``count`` devices."""
-    name, _ = await client.sign_up()
-    return [await client.log_in(name, f"device {n}") for n in range(count)]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15, what: str = "") -> None:
-    """Poll ``check`` until it is true, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
-        await asyncio.sleep(POLL_INTERVAL)
 
 
 async def long_polls(server: Server) -> float:
@@ -88,7 +73,7 @@ async def test_sync_without_since_has_no_backlog_and_a_cursor_of_now(client: Cli
 
 
 async def test_sync_returns_every_kind_of_the_callers_events_and_never_typing(client: Client) -> None:
-    phone, laptop = await devices(client, 2)
+    phone, laptop = await client.devices(2)
     bob, carol, dave = await client.user(), await client.user(), await client.user()
     direct = await client.direct(phone, bob)
     start = (await client.sync(phone))["cursor"]
@@ -246,7 +231,7 @@ async def test_long_poll_is_held_until_a_message_arrives(client: Client) -> None
     before = await long_polls(client.server)
     poll = asyncio.create_task(client.sync(alice, cursor, timeout=30))
     try:
-        await eventually(
+        await wait_until(
             lambda: _more_polls(client.server, before, poll), what="the long poll to be in flight"
         )
         assert not poll.done()  # held: nothing to answer with yet
@@ -331,7 +316,7 @@ async def test_cursor_older_than_retention_is_410(short_retention: Server) -> No
             assert r.status_code in (200, 410), r.text
             return r.status_code == 410
 
-        await eventually(expired, timeout=30, what="the cursor to expire")
+        await wait_until(expired, timeout=30, what="the cursor to expire")
         assert_error(answers[-1], 410, "cursor_expired")
         assert_error(await get_sync(client, alice, since=old, timeout=1), 410, "cursor_expired")
         # Then the client reloads: history still has the messages, and a new cursor works.
@@ -347,7 +332,7 @@ async def test_cursor_older_than_retention_is_410(short_retention: Server) -> No
 
 
 async def test_offline_device_resumes_every_event_once_in_the_online_devices_order(client: Client) -> None:
-    online, offline = await devices(client, 2)
+    online, offline = await client.devices(2)
     others = [await client.user() for _ in range(4)]
     conversations = [
         (others[0], await client.direct(online, others[0])),

@@ -8,7 +8,7 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -16,7 +16,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from .kibitz_client import POLL_INTERVAL, Client, Server, Session, Socket, make_server
+from .kibitz_client import Client, Server, Session, Socket, make_server, wait_until
 
 Frame = dict[str, Any]
 
@@ -48,19 +48,6 @@ async def close_code(ws: Any, timeout: float = 15) -> tuple[int | None, list[Fra
     except TimeoutError:
         await ws.close()
         raise AssertionError(f"the server did not close within {timeout} s; frames: {frames}") from None
-
-
-async def devices(client: Client, count: int) -> list[Session]:
-    """One new user logged in on ``count`` devices."""
-    name, _ = await client.sign_up()
-    return [await client.log_in(name, f"device {n}") for n in range(count)]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
-        await asyncio.sleep(POLL_INTERVAL)
 
 
 async def frames_until_pong(socket: Socket, timeout: float = 10) -> list[Frame]:
@@ -189,7 +176,7 @@ async def test_expired_since_closes_4410(short_retention: Server) -> None:
             assert r.status_code in (200, 410), r.text
             return r.status_code == 410
 
-        await eventually(expired, timeout=30, what="the cursor to expire")
+        await wait_until(expired, timeout=30, what="the cursor to expire")
         code, frames = await close_code(await hello(short_retention, alice.token, since=old))
         assert (code, frames) == (4410, [])
         # Then connect without since, as the client is told to.
@@ -336,7 +323,7 @@ async def test_resume_replays_then_goes_live_exactly_once_while_messages_keep_co
 
 
 async def test_send_answers_sent_and_the_sending_device_gets_its_own_event(client: Client) -> None:
-    phone, laptop = await devices(client, 2)
+    phone, laptop = await client.devices(2)
     bob = await client.user()
     cid = await client.direct(phone, bob)
     sockets = [await Socket.open(client.server, who) for who in (phone, laptop, bob)]
@@ -464,7 +451,7 @@ async def test_send_with_non_ascii_digit_ids_is_invalid_request(client: Client) 
 
 
 async def test_read_frame_moves_the_marker(client: Client) -> None:
-    phone, laptop = await devices(client, 2)
+    phone, laptop = await client.devices(2)
     bob = await client.user()
     cid = await client.direct(phone, bob)
     first = await client.send(bob, cid, "one")
@@ -503,7 +490,7 @@ async def test_read_frame_moves_the_marker(client: Client) -> None:
 
 
 async def test_typing_reaches_the_other_members_only_and_is_never_in_sync(client: Client) -> None:
-    alice_phone, alice_laptop = await devices(client, 2)
+    alice_phone, alice_laptop = await client.devices(2)
     bob, carol, dave = await client.user(), await client.user(), await client.user()
     group = await client.group(alice_phone, [bob, carol], "typing")
     await client.direct(alice_phone, dave)
@@ -587,7 +574,7 @@ async def test_frame_over_64_kib_closes_1009(client: Client) -> None:
 
 
 async def test_logout_closes_that_devices_sockets_4401_only(client: Client) -> None:
-    phone, laptop = await devices(client, 2)
+    phone, laptop = await client.devices(2)
     bob = await client.user()
     cid = await client.direct(phone, bob)
     phone_sockets = [await Socket.open(client.server, phone) for _ in range(2)]

@@ -1,4 +1,4 @@
-"""``GET /sync``: polling and long polling of the caller's event log, and the catch-up reads
+"""``GET /api/v1/sync``: polling and long polling of the caller's event log, and the catch-up reads
 the WebSocket gateway shares with it.
 
 A cursor is a signed position in the user's log (``kibitz.cursors``). When a read finds

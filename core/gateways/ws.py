@@ -110,7 +110,7 @@ class Connection:
         with contextlib.suppress(asyncio.QueueFull):
             self.queue.put_nowait((code, reason))
         if self.queue.full():  # no room even for the close: close now
-            _spawn(self.ws.close(code, reason))
+            self.kibitz.tasks.spawn(self.ws.close(code, reason))
 
     async def write_loop(self) -> None:
         """Write the queued frames, all that are waiting in one system call, until a close."""
@@ -190,7 +190,7 @@ async def websocket(request: Request, ws: WebsocketImplProtocol) -> None:
         ready = {"type": "ready", "user": user.to_dict(), "cursor": kibitz.cursors.encode(user.id, start)}
         await ws.send(orjson.dumps(ready).decode())
         writer = asyncio.create_task(connection.write_loop())
-        _spawn(call_each(kibitz.pm, "connection_opened", user=user, device=device, app=kibitz))
+        kibitz.tasks.spawn(call_each(kibitz.pm, "connection_opened", user=user, device=device, app=kibitz))
         await connection.replay(start, first)
         await _read_loop(ws, connection, kibitz)
     except (ConnectionClosed, asyncio.CancelledError):
@@ -200,7 +200,7 @@ async def websocket(request: Request, ws: WebsocketImplProtocol) -> None:
         keepalive.remove(ws)
         if writer is not None:
             writer.cancel()
-        _spawn(call_each(kibitz.pm, "connection_closed", user=user, device=device, app=kibitz))
+        kibitz.tasks.spawn(call_each(kibitz.pm, "connection_closed", user=user, device=device, app=kibitz))
 
 
 async def _hello(ws: WebsocketImplProtocol, kibitz: Kibitz) -> tuple[User, Device, int | None] | None:
@@ -258,7 +258,7 @@ async def _read_loop(ws: WebsocketImplProtocol, connection: Connection, kibitz: 
             await _answer(kind, handler, message, connection, kibitz)
             continue
         await connection.sends.acquire()
-        _spawn(_answer(kind, handler, message, connection, kibitz)).add_done_callback(
+        kibitz.tasks.spawn(_answer(kind, handler, message, connection, kibitz)).add_done_callback(
             lambda _: connection.sends.release()
         )
 
@@ -345,17 +345,6 @@ def _error(code: str, message: str, client_msg_id: object = None, retry_after: i
     if retry_after is not None:
         frame["retry_after"] = retry_after
     return orjson.dumps(frame)
-
-
-_tasks: set[asyncio.Task[None]] = set()
-
-
-def _spawn(work: Any) -> asyncio.Future[Any]:
-    """Run ``work`` on its own, keeping a reference until it ends."""
-    task = asyncio.ensure_future(work)
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
-    return task
 
 
 async def close_all(kibitz: Kibitz) -> None:
