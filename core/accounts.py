@@ -1,38 +1,29 @@
 """Accounts and sessions: sign-up, login, tokens, logout, user lookup.
 
-Passwords are hashed with argon2id (in a worker thread: hashing is deliberately slow).
-A session is a device with a random token; only the token's SHA-256 is stored, so a
-leaked database holds no usable token.
+Passwords are hashed with argon2id (``kibitz.passwords``: worker threads, served fairly
+by client address). A session is a device with a random token; only the token's SHA-256
+is stored, so a leaked database holds no usable token.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 import secrets
 
 import sqlalchemy as sa
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .database import devices, users
 from .errors import InvalidRequest, NotFound, RegistrationClosed, UsernameTaken
 from .models import Device, User, now_ms, rfc3339
+from .passwords import PasswordWork
 
 USERNAME = re.compile(r"[a-z0-9_.-]{3,32}")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 MAX_DISPLAY_NAME = 64
-MAX_DEVICE_NAME = 64
-
-_hasher = PasswordHasher()
-# Each argon2 hash takes 64 MiB and a core for tens of milliseconds: a few at a time.
-_hashing = asyncio.Semaphore(2)
-# Verified against when the username is unknown, so both failures take the same time.
-_DUMMY_HASH = _hasher.hash("kibitz-no-such-user")
 
 
 def token_hash(token: str) -> str:
@@ -43,9 +34,9 @@ def _user(row: sa.Row) -> User:
     return User(id=row.id, username=row.username, display_name=row.display_name)
 
 
-def normalize_username(value: object) -> str:
+def normalize_username(value: str) -> str:
     """The protocol's username rule: lower-cased, then 3-32 of ``a-z 0-9 _ . -``."""
-    if not isinstance(value, str) or not USERNAME.fullmatch(value.lower()):
+    if not USERNAME.fullmatch(value.lower()):
         raise InvalidRequest("username: 3 to 32 characters of a-z 0-9 _ . -")
     return value.lower()
 
@@ -54,19 +45,20 @@ class Accounts:
     def __init__(self, engine: AsyncEngine, registration: str) -> None:
         self.engine = engine
         self.registration = registration
+        self.passwords = PasswordWork()
 
-    async def sign_up(self, username: object, password: object, display_name: object) -> User:
+    async def sign_up(self, username: str, password: str, display_name: str | None, address: str) -> User:
+        """A new account; ``address`` is the client's, whose turn the hashing waits for."""
         name = normalize_username(username)
-        if not isinstance(password, str) or not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
             raise InvalidRequest(f"password: {MIN_PASSWORD} to {MAX_PASSWORD} characters")
         if display_name is None:
             display_name = name
-        if not isinstance(display_name, str) or not 1 <= len(display_name.strip()) <= MAX_DISPLAY_NAME:
+        if not 1 <= len(display_name.strip()) <= MAX_DISPLAY_NAME:
             raise InvalidRequest(f"display_name: 1 to {MAX_DISPLAY_NAME} characters")
         if self.registration == "closed":
             raise RegistrationClosed("registration is closed on this server")
-        async with _hashing:
-            hashed = await asyncio.to_thread(_hasher.hash, password)
+        hashed = await self.passwords.hash(address, password)
         try:
             async with self.engine.begin() as db:
                 result = await db.execute(
@@ -81,12 +73,13 @@ class Accounts:
             raise UsernameTaken(f"the username {name!r} is taken") from None
         return User(id=result.inserted_primary_key[0], username=name, display_name=display_name.strip())
 
-    async def log_in(self, username: str, password: str, device_name: str) -> tuple[str, Device, User] | None:
+    async def log_in(
+        self, username: str, password: str, device_name: str, address: str
+    ) -> tuple[str, Device, User] | None:
         """A new device and its token, or None when the username or password is wrong."""
         async with self.engine.connect() as db:
             row = (await db.execute(sa.select(users).where(users.c.username == username))).first()
-        async with _hashing:
-            ok = await asyncio.to_thread(_verify, row.password_hash if row else _DUMMY_HASH, password)
+        ok = await self.passwords.verify(address, row.password_hash if row else None, password)
         if row is None or not ok:
             return None
         token = secrets.token_urlsafe(32)
@@ -155,10 +148,3 @@ class Accounts:
         )
         async with self.engine.connect() as db:
             return [_user(row) for row in await db.execute(query)]
-
-
-def _verify(hashed: str, password: str) -> bool:
-    try:
-        return _hasher.verify(hashed, password)
-    except (VerificationError, InvalidHashError):
-        return False

@@ -1,7 +1,8 @@
 """The HTTP calls of the stateless service: accounts, sessions, users, conversations, messages.
 
-Each handler checks its input, calls a service, and answers JSON. Errors are raised as
-``ApiError`` and rendered by ``operations.error_response`` with the protocol's body.
+Each handler decodes its input (``kibitz.inputs``), calls a service, and answers JSON.
+Errors are raised as ``ApiError`` and rendered by ``operations.error_response`` with the
+protocol's body.
 """
 
 from __future__ import annotations
@@ -13,8 +14,19 @@ from sanic import Request, Sanic
 from sanic.response import HTTPResponse, empty, raw
 
 from .accounts import normalize_username
-from .conversations import MAX_NAME, parse_id
-from .errors import InvalidRequest, NotFound, Unauthorized
+from .conversations import MAX_NAME
+from .errors import InvalidRequest, RateLimited, Unauthorized
+from .inputs import (
+    LogIn,
+    NewConversation,
+    NewMember,
+    NewMessage,
+    ReadMarker,
+    SignUp,
+    decode,
+    parse_id,
+    path_id,
+)
 from .messages import MAX_PAGE
 from .models import Device, User
 
@@ -27,18 +39,20 @@ def json(body: Any, status: int = 200) -> HTTPResponse:
     return raw(data, status=status, content_type="application/json")
 
 
-def read_object(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object, or 400."""
-    try:
-        body = orjson.loads(request.body or b"")
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    return body
+def query(request: Request, name: str) -> str | None:
+    """A query parameter, blank included (``limit=`` is a wrong value, not a missing one).
+
+    Given twice it is refused: which of the two counts would be a guess.
+    """
+    values: list[str] | None = request.get_args(keep_blank_values=True).getlist(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidRequest(f"{name}: given {len(values)} times; give it once")
+    return values[0]
 
 
-def int_query(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
+def int_query(request: Request, name: str, default: int, low: int, high: int) -> int:
     """An integer query parameter within [low, high]; out of range is 400, never clamped."""
     value = query(request, name)
     if value is None:
@@ -48,23 +62,16 @@ def int_query(request: Request, name: str, default: int | None, low: int, high: 
     return int(value)
 
 
-def query(request: Request, name: str) -> str | None:
-    """A query parameter, blank included (``limit=`` is a wrong value, not a missing one)."""
-    value: str | None = request.get_args(keep_blank_values=True).get(name)
-    return value
-
-
-def path_id(value: str, what: str) -> int:
-    """An id in a path: one that cannot exist is not found, like any other missing one."""
-    try:
-        return parse_id(value, what)
-    except InvalidRequest:
-        raise NotFound(f"no such {what}") from None
-
-
 def id_query(request: Request, name: str) -> int | None:
     value = query(request, name)
     return None if value is None else parse_id(value, name)
+
+
+def client_address(request: Request) -> str:
+    """The client's address, through trusted proxies: what per-client limits count by."""
+    forwarded = ",".join(request.headers.getall("x-forwarded-for", []))
+    address: str = request.app.ctx.kibitz.clients.address(request.ip, forwarded)
+    return address
 
 
 def bearer(request: Request) -> str:
@@ -87,28 +94,29 @@ async def authenticate(request: Request) -> tuple[User, Device]:
 
 
 async def sign_up(request: Request) -> HTTPResponse:
-    body = read_object(request)
+    body = decode(request.body, SignUp)
     user = await request.app.ctx.kibitz.accounts.sign_up(
-        body.get("username"), body.get("password"), body.get("display_name")
+        body.username, body.password, body.display_name, client_address(request)
     )
     return json({"user": user.to_dict()}, 201)
 
 
 async def log_in(request: Request) -> HTTPResponse:
     kibitz = request.app.ctx.kibitz
-    body = read_object(request)
-    username = normalize_username(body.get("username"))
-    password = body.get("password")
-    device_name = body.get("device_name", "device")
-    if not isinstance(password, str) or not password:
-        raise InvalidRequest("password: a string")
-    if not isinstance(device_name, str) or not 1 <= len(device_name) <= 64:
-        raise InvalidRequest("device_name: 1 to 64 characters")
-    kibitz.rate_limits.login_attempt(username, request.ip)
-    session = await kibitz.accounts.log_in(username, password, device_name)
+    body = decode(request.body, LogIn)
+    username = normalize_username(body.username)
+    if not body.password:
+        raise InvalidRequest("password: at least 1 character")
+    address = client_address(request)
+    kibitz.rate_limits.login_attempt(username, address)
+    try:
+        session = await kibitz.accounts.log_in(username, body.password, body.device_name, address)
+    except RateLimited:  # no password was checked: this attempt does not count
+        kibitz.rate_limits.login_forgiven(username, address)
+        raise
     if session is None:
         raise Unauthorized("wrong username or password")
-    kibitz.rate_limits.login_succeeded(username, request.ip)
+    kibitz.rate_limits.login_forgiven(username, address)
     token, device, user = session
     return json({"token": token, "device": device.to_dict(), "user": user.to_dict()}, 201)
 
@@ -130,7 +138,6 @@ async def search_users(request: Request) -> HTTPResponse:
     await authenticate(request)
     prefix = query(request, "query") or ""
     limit = int_query(request, "limit", 20, 1, MAX_SEARCH)
-    assert limit is not None
     users = await request.app.ctx.kibitz.accounts.search(prefix, limit)
     return json({"users": [u.to_dict() for u in users]})
 
@@ -147,13 +154,9 @@ async def get_user(request: Request, user_id: str) -> HTTPResponse:
 async def create_conversation(request: Request) -> HTTPResponse:
     kibitz = request.app.ctx.kibitz
     user, _ = await authenticate(request)
-    body = read_object(request)
-    kind = body.get("type")
-    raw_members = body.get("members")
-    if not isinstance(raw_members, list):
-        raise InvalidRequest("members: a list of user ids")
-    member_ids = [parse_id(m, "members") for m in raw_members]
-    if kind == "direct":
+    body = decode(request.body, NewConversation)
+    member_ids = [int(m) for m in body.members]
+    if body.type == "direct":
         if len(member_ids) != 1:
             raise InvalidRequest("members: a direct conversation names exactly one other user")
         (other,) = member_ids
@@ -164,18 +167,16 @@ async def create_conversation(request: Request) -> HTTPResponse:
         conversation, made = await kibitz.conversations.create_direct(user.id, other)
         view = await kibitz.conversations.view(user.id, conversation)
         return json({"conversation": view}, 201 if made else 200)
-    if kind == "group":
-        name = body.get("name")
-        if not isinstance(name, str) or not 1 <= len(name.strip()) <= MAX_NAME:
-            raise InvalidRequest(f"name: 1 to {MAX_NAME} characters")
-        wanted = set(member_ids) | {user.id}
-        if len(wanted) > kibitz.transport.max_fanout:
-            raise InvalidRequest(f"members: a group has at most {kibitz.transport.max_fanout} members")
-        if await kibitz.accounts.existing(wanted) != wanted:
-            raise InvalidRequest("members: no such user")
-        conversation = await kibitz.conversations.create_group(user.id, name.strip(), member_ids)
-        return json({"conversation": await kibitz.conversations.view(user.id, conversation)}, 201)
-    raise InvalidRequest('type: "direct" or "group"')
+    name = body.name
+    if name is None or not 1 <= len(name.strip()) <= MAX_NAME:
+        raise InvalidRequest(f"name: 1 to {MAX_NAME} characters")
+    wanted = set(member_ids) | {user.id}
+    if len(wanted) > kibitz.transport.max_fanout:
+        raise InvalidRequest(f"members: a group has at most {kibitz.transport.max_fanout} members")
+    if await kibitz.accounts.existing(wanted) != wanted:
+        raise InvalidRequest("members: no such user")
+    conversation = await kibitz.conversations.create_group(user.id, name.strip(), member_ids)
+    return json({"conversation": await kibitz.conversations.view(user.id, conversation)}, 201)
 
 
 async def list_conversations(request: Request) -> HTTPResponse:
@@ -194,7 +195,7 @@ async def add_member(request: Request, cid: str) -> HTTPResponse:
     kibitz = request.app.ctx.kibitz
     user, _ = await authenticate(request)
     conversation = await kibitz.conversations.of_member(path_id(cid, "conversation"), user.id)
-    new_member = parse_id(read_object(request).get("user_id"), "user_id")
+    new_member = int(decode(request.body, NewMember).user_id)
     if not await kibitz.accounts.existing({new_member}):
         raise InvalidRequest("user_id: no such user")
     conversation = await kibitz.conversations.add_member(conversation, new_member)
@@ -212,11 +213,11 @@ async def remove_member(request: Request, cid: str, uid: str) -> HTTPResponse:
 async def send_message(request: Request, cid: str) -> HTTPResponse:
     kibitz = request.app.ctx.kibitz
     user, _ = await authenticate(request)
-    body = read_object(request)
-    text, client_msg_id = kibitz.messages.validate(body.get("body"), body.get("client_msg_id"))
+    body = decode(request.body, NewMessage)
+    kibitz.messages.check_body(body.body)
     conversation = await kibitz.conversations.of_member(path_id(cid, "conversation"), user.id)
     kibitz.rate_limits.send(user.id)
-    _, data, new = await kibitz.messages.send(user, conversation, text, client_msg_id)
+    _, data, new = await kibitz.messages.send(user, conversation, body.body, body.client_msg_id)
     return json(b'{"message":' + data + b"}", 201 if new else 200)
 
 
@@ -226,7 +227,6 @@ async def history(request: Request, cid: str) -> HTTPResponse:
     before = id_query(request, "before")
     after = id_query(request, "after")
     limit = int_query(request, "limit", 50, 1, MAX_PAGE)
-    assert limit is not None
     conversation = await kibitz.conversations.of_member(path_id(cid, "conversation"), user.id)
     return json(await kibitz.messages.history(conversation, before, after, limit))
 
@@ -234,7 +234,7 @@ async def history(request: Request, cid: str) -> HTTPResponse:
 async def mark_read(request: Request, cid: str) -> HTTPResponse:
     kibitz = request.app.ctx.kibitz
     user, _ = await authenticate(request)
-    message_id = parse_id(read_object(request).get("message_id"), "message_id")
+    message_id = int(decode(request.body, ReadMarker).message_id)
     conversation = await kibitz.conversations.of_member(path_id(cid, "conversation"), user.id)
     await kibitz.conversations.mark_read(conversation, user.id, message_id)
     return json({"conversation": await kibitz.conversations.view(user.id, conversation)})

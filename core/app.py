@@ -22,6 +22,7 @@ from sanic import Sanic
 
 from . import api, operations
 from .accounts import Accounts
+from .clients import Clients
 from .conversations import Conversations
 from .cursors import Cursors, load_cursor_key
 from .database import create_engine, migrate
@@ -80,6 +81,9 @@ class Kibitz:
             self.follower,
         )
         self.rate_limits = RateLimits(settings.rate_limits)
+        self.clients = Clients(
+            settings.trusted_proxies, settings.max_connections_per_address if settings.rate_limits else None
+        )
         self.cursors = Cursors(b"")
         self.ready = False
         self.stopping = asyncio.Event()

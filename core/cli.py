@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from . import logs
 from .errors import ConfigError
-from .lingering import LingeringProtocol
+from .http_protocol import KibitzProtocol
 from .settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def serve(settings: Settings) -> int:
             single_process=True,
             access_log=False,
             motd=False,
-            protocol=LingeringProtocol,
+            protocol=KibitzProtocol,
         )
     except Exception as e:
         log.error("start_failed", extra={"error": f"{type(e).__name__}: {e}"})

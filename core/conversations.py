@@ -25,15 +25,6 @@ MAX_NAME = 128
 CACHE_SIZE = 10_000
 
 
-def parse_id(value: object, field: str) -> int:
-    """A protocol id (a decimal string; a JSON integer is accepted too) as an int."""
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
-        return value
-    raise InvalidRequest(f"{field}: expected an id (a string of digits)")
-
-
 class Conversations:
     def __init__(self, engine: AsyncEngine, transport: Transport, storage: Storage) -> None:
         self.engine = engine
@@ -71,10 +62,26 @@ class Conversations:
         return found
 
     async def of_member(self, conversation_id: int, user_id: int) -> Conversation:
-        """The conversation if ``user_id`` is a member; 404 otherwise, exactly as if it did not exist."""
+        """The conversation if ``user_id`` is a member; 404 otherwise, exactly as if it did not exist.
+
+        A member of a cached conversation is answered from the cache. Anyone else costs
+        one membership look-up, whether the conversation exists or not, so the time a 404
+        takes tells nothing about what exists.
+        """
+        cached = self._cache.get(conversation_id)
+        if cached is not None and user_id in cached.members:
+            return cached
+        query = sa.select(members.c.user_id).where(
+            members.c.conversation_id == conversation_id, members.c.user_id == user_id
+        )
+        async with self.engine.connect() as db:
+            is_member = (await db.execute(query)).first() is not None
+        if not is_member:
+            raise NotFound("no such conversation")
+        self.forget(conversation_id)  # a member the cached copy lacks: it is stale
         conversation = await self.get(conversation_id)
         if conversation is None or user_id not in conversation.members:
-            raise NotFound("no such conversation")
+            raise NotFound("no such conversation")  # removed meanwhile
         return conversation
 
     def forget(self, conversation_id: int) -> None:

@@ -3,7 +3,9 @@
 The transport's live feed calls ``Hub.on_event`` for every event of every user, in log
 order. The hub passes each to the WebSocket connections of that user on this instance
 and wakes the long polls waiting for that user. Live-only signals (typing, a revoked
-device) arrive through ``Hub.on_signal``.
+device) arrive through ``Hub.on_signal``. A revoked device's WebSockets close with 4401
+and its long polls answer 401; the hub remembers the revocation for a while, for a
+connection that checked its token just before and goes live just after.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from .metrics import Metrics
 
 CONVERSATION_EVENT = b'{"type":"conversation","conversation":{"id":"'
 REVOKE_SIGNAL = b"!revoke "  # a control signal, never shown to clients: b"!revoke <device id>"
+REMEMBER_REVOKED = 120.0  # seconds a revocation is remembered for connections just starting
 
 
 class LiveConnection(Protocol):
@@ -39,9 +42,15 @@ class LiveConnection(Protocol):
 class Poll:
     """A long poll in flight: the user's events that arrive while it waits, in log order."""
 
-    def __init__(self) -> None:
+    def __init__(self, device_id: int) -> None:
+        self.device_id = device_id
         self.events: list[tuple[int, bytes]] = []
         self.arrived = asyncio.Event()
+        self.revoked = False
+
+    def revoke(self) -> None:
+        self.revoked = True
+        self.arrived.set()
 
     def add(self, position: int, event: bytes) -> None:
         self.events.append((position, event))
@@ -57,6 +66,7 @@ class Hub:
         # The largest position the live feed has handed over: every event at or before it
         # that belongs to a connected user has been delivered to that user's connections.
         self.position = 0
+        self._revoked: dict[int, float] = {}  # device id: when its revocation arrived
 
     # -- the feed ------------------------------------------------------------------
 
@@ -75,15 +85,28 @@ class Hub:
 
     def on_signal(self, user_ids: tuple[int, ...], payload: bytes) -> None:
         if payload.startswith(REVOKE_SIGNAL):
-            device_id = int(payload[len(REVOKE_SIGNAL) :])
-            for user_id in user_ids:
-                for connection in list(self.connections.get(user_id, ())):
-                    if connection.device_id == device_id:
-                        connection.revoke()
+            self._revoke(int(payload[len(REVOKE_SIGNAL) :]), user_ids)
             return
         for user_id in user_ids:
             for connection in list(self.connections.get(user_id, ())):
                 connection.signal(payload)
+
+    def _revoke(self, device_id: int, user_ids: tuple[int, ...]) -> None:
+        now = time.monotonic()
+        self._revoked = {d: at for d, at in self._revoked.items() if now - at < REMEMBER_REVOKED}
+        self._revoked[device_id] = now
+        for user_id in user_ids:
+            for connection in list(self.connections.get(user_id, ())):
+                if connection.device_id == device_id:
+                    connection.revoke()
+            for poll in self.polls.get(user_id, ()):
+                if poll.device_id == device_id:
+                    poll.revoke()
+
+    def was_revoked(self, device_id: int) -> bool:
+        """Whether the device's revocation passed through lately (its token checked out before)."""
+        at = self._revoked.get(device_id)
+        return at is not None and time.monotonic() - at < REMEMBER_REVOKED
 
     # -- connections -------------------------------------------------------------------
 
@@ -99,9 +122,11 @@ class Hub:
                 del self.connections[connection.user_id]
             self.metrics.connections.labels("websocket").dec()
 
-    def start_poll(self, user_id: int) -> Poll:
+    def start_poll(self, user_id: int, device_id: int) -> Poll:
         """A long poll begins: it collects the events of ``user_id`` that arrive from now on."""
-        poll = Poll()
+        poll = Poll(device_id)
+        if self.was_revoked(device_id):
+            poll.revoke()
         self.polls.setdefault(user_id, []).append(poll)
         self.metrics.connections.labels("longpoll").inc()
         return poll

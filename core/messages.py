@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kibitz.messages")
 
-MAX_CLIENT_MSG_ID = 64
 MAX_PAGE = 200
 FOLLOW_BATCH = 1000
 FOLLOW_INTERVAL = 1.0
@@ -68,14 +67,12 @@ class Messages:
         # Sends whose append failed without a clear answer: the log may hold them anyway.
         self._uncertain: dict[tuple[int, str], None] = {}
 
-    def validate(self, body: object, client_msg_id: object) -> tuple[str, str]:
-        if not isinstance(client_msg_id, str) or not 1 <= len(client_msg_id) <= MAX_CLIENT_MSG_ID:
-            raise InvalidRequest(f"client_msg_id: 1 to {MAX_CLIENT_MSG_ID} characters")
-        if not isinstance(body, str) or not body:
-            raise InvalidRequest("body: a string of at least 1 character")
+    def check_body(self, body: str) -> None:
+        """400 for an empty body, 413 for one over the limit."""
+        if not body:
+            raise InvalidRequest("body: at least 1 character")
         if len(body) > self.max_chars:
             raise PayloadTooLarge(f"body: at most {self.max_chars} characters")
-        return body, client_msg_id
 
     async def send(
         self,

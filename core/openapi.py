@@ -1,10 +1,18 @@
-"""The OpenAPI 3.1 document of every HTTP call, served at ``/api/v1/openapi.json``."""
+"""The OpenAPI 3.1 document of every HTTP call, served at ``/api/v1/openapi.json``.
+
+Request bodies are described by the msgspec Structs that decode them (``kibitz.inputs``),
+so the document cannot drift from what the server accepts.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-ID = {"type": "string", "pattern": "^[0-9]+$"}
+import msgspec
+
+from .inputs import BODIES, ID_PATTERN
+
+ID = {"type": "string", "pattern": ID_PATTERN}
 TIME = {"type": "string", "format": "date-time"}
 
 
@@ -52,6 +60,7 @@ SCHEMAS: dict[str, Any] = {
         ["error"], error=_object(["code", "message"], code={"type": "string"}, message={"type": "string"})
     ),
 }
+SCHEMAS.update(msgspec.json.schema_components(BODIES, ref_template="#/components/schemas/{name}")[1])
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -103,12 +112,7 @@ def openapi_document() -> dict[str, Any]:
                 201,
                 _object(["user"], user=_ref("User")),
                 [400, 403, 409, 429],
-                _object(
-                    ["username", "password"],
-                    username={"type": "string"},
-                    password={"type": "string"},
-                    display_name={"type": "string"},
-                ),
+                _ref("SignUp"),
                 auth=False,
             )
         },
@@ -123,12 +127,7 @@ def openapi_document() -> dict[str, Any]:
                     user=_ref("User"),
                 ),
                 [400, 401, 429],
-                _object(
-                    ["username", "password"],
-                    username={"type": "string"},
-                    password={"type": "string"},
-                    device_name={"type": "string"},
-                ),
+                _ref("LogIn"),
                 auth=False,
             )
         },
@@ -164,12 +163,7 @@ def openapi_document() -> dict[str, Any]:
                 201,
                 conversation,
                 [400, 401],
-                _object(
-                    ["type", "members"],
-                    type={"enum": ["direct", "group"]},
-                    name={"type": "string"},
-                    members={"type": "array", "items": ID},
-                ),
+                _ref("NewConversation"),
             ),
             "get": _operation(
                 "The caller's conversations, most recent activity first",
@@ -187,7 +181,7 @@ def openapi_document() -> dict[str, Any]:
                 200,
                 conversation,
                 [400, 401, 404],
-                _object(["user_id"], user_id=ID),
+                _ref("NewMember"),
                 params=[CID],
             )
         },
@@ -206,7 +200,7 @@ def openapi_document() -> dict[str, Any]:
                 201,
                 message,
                 [400, 401, 403, 404, 413, 429, 503],
-                _object(["body", "client_msg_id"], body={"type": "string"}, client_msg_id={"type": "string"}),
+                _ref("NewMessage"),
                 params=[CID],
             ),
             "get": _operation(
@@ -232,7 +226,7 @@ def openapi_document() -> dict[str, Any]:
                 200,
                 conversation,
                 [400, 401, 404],
-                _object(["message_id"], message_id=ID),
+                _ref("ReadMarker"),
                 params=[CID],
             )
         },

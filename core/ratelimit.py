@@ -1,4 +1,4 @@
-"""Rate limits of one instance: failed logins and sends.
+"""Rate limits of one instance: failed logins, sends, and frames on one WebSocket.
 
 The defaults let people and bots work normally (see docs/api.md); ``KIBITZ_RATE_LIMITS=off``
 turns them all off. Counters live in memory: each instance limits what reaches it.
@@ -57,47 +57,96 @@ class Window:
 
 
 class Bucket:
-    """A token bucket per key: bursts of ``burst``, ``rate`` per second sustained."""
+    """A token bucket: bursts of ``burst``, ``rate`` per second sustained.
+
+    A refused take still takes a token (the bucket goes below zero), so ``debt`` tells
+    how far a client went on sending after it was refused.
+    """
+
+    __slots__ = ("at", "burst", "rate", "tokens")
+
+    def __init__(self, burst: int, rate: float) -> None:
+        self.burst = burst
+        self.rate = rate
+        self.tokens = float(burst)
+        self.at = time.monotonic()
+
+    def take(self) -> int | None:
+        """None if a token was free, else the whole seconds until one is."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate) - 1
+        self.at = now
+        if self.tokens >= 0:
+            return None
+        return max(1, math.ceil(-self.tokens / self.rate))
+
+    @property
+    def debt(self) -> float:
+        """Tokens taken beyond the empty bucket and not yet refilled."""
+        return max(0.0, -self.tokens)
+
+
+class Buckets:
+    """A ``Bucket`` per key; a refused take raises ``RateLimited``."""
 
     def __init__(self, burst: int, rate: float, what: str) -> None:
         self.burst = burst
         self.rate = rate
         self.what = what
-        self._buckets: dict[str, tuple[float, float]] = {}  # key: (tokens, at)
+        self._buckets: dict[str, Bucket] = {}
 
     def take(self, key: str) -> None:
-        now = time.monotonic()
-        tokens, at = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - at) * self.rate)
-        if tokens < 1:
-            retry = max(1, math.ceil((1 - tokens) / self.rate))
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= MAX_KEYS:
+                self._forget_full()
+            bucket = self._buckets[key] = Bucket(self.burst, self.rate)
+        retry = bucket.take()
+        if retry is not None:
+            bucket.tokens += 1  # refused, so not taken
             raise RateLimited(f"too many {self.what}; retry in {retry} s", retry_after=retry)
-        if len(self._buckets) >= MAX_KEYS:
-            self._buckets = {
-                k: v for k, v in self._buckets.items() if v[0] + (now - v[1]) * self.rate < self.burst
-            }
-        self._buckets[key] = (tokens - 1, now)
+
+    def _forget_full(self) -> None:
+        """Drop the buckets that have filled up again: a new one would be the same."""
+        now = time.monotonic()
+        self._buckets = {
+            key: b for key, b in self._buckets.items() if b.tokens + (now - b.at) * b.rate < b.burst
+        }
+
+
+FRAME_BURST = 300  # frames one WebSocket may send at once
+FRAME_RATE = 50  # frames per second sustained, per WebSocket
 
 
 class RateLimits:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.failed_logins = Window(10, 15 * 60, "failed logins for this account from this address")
-        self.sends = Bucket(300, 30, "messages sent")
+        self.failed_logins_here = Window(100, 15 * 60, "failed logins from this address")
+        self.sends = Buckets(300, 30, "messages sent")
 
     def login_attempt(self, username: str, address: str) -> None:
-        """Count a login attempt as failed until ``login_succeeded`` says otherwise.
+        """Count a login attempt as failed, for the account and for the address, until
+        ``login_forgiven`` takes it back.
 
         Counting before the password check keeps parallel guesses from slipping past the limit.
         """
         if self.enabled:
+            self.failed_logins_here.check(address)
             self.failed_logins.check(f"{username}\0{address}")
+            self.failed_logins_here.hit(address)
             self.failed_logins.hit(f"{username}\0{address}")
 
-    def login_succeeded(self, username: str, address: str) -> None:
+    def login_forgiven(self, username: str, address: str) -> None:
+        """Take back the attempt ``login_attempt`` counted: it succeeded, or no password was checked."""
         if self.enabled:
+            self.failed_logins_here.forget_one(address)
             self.failed_logins.forget_one(f"{username}\0{address}")
 
     def send(self, user_id: int) -> None:
         if self.enabled:
             self.sends.take(str(user_id))
+
+    def frames(self) -> Bucket | None:
+        """The frame allowance of a new WebSocket (None when limits are off)."""
+        return Bucket(FRAME_BURST, FRAME_RATE) if self.enabled else None

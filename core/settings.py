@@ -8,6 +8,7 @@ Core keys sit at the top level of the file (``port = 8000``) and are overridden 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -17,6 +18,7 @@ from typing import Any
 
 from .errors import ConfigError
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 REGISTRATION_MODES = ("open", "closed")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Async drivers for the database URLs operators write without one.
@@ -93,6 +95,8 @@ class Settings:
     notify: tuple[str, ...] = ("log",)
     plugins: tuple[str, ...] = ()
     rate_limits: bool = True
+    max_connections_per_address: int = 500
+    trusted_proxies: tuple[IPNetwork, ...] = ()
     max_message_chars: int = 4000
     max_frame_bytes: int = 65536
     ping_interval: float = 30.0
@@ -169,6 +173,10 @@ def load_settings(config: str | None = None, environ: Mapping[str, str] | None =
     if str(limits).lower() not in ("on", "off", "true", "false", "1", "0"):
         raise ConfigError(f"{source}={limits!r}: must be on or off")
     values["rate_limits"] = str(limits).lower() in ("on", "true", "1")
+    values["max_connections_per_address"] = _integer(
+        *get("max_connections_per_address", d.max_connections_per_address), 1
+    )
+    values["trusted_proxies"] = _networks(*get("trusted_proxies", ""))
     if values["public_url"] and not values["public_url"].startswith(("http://", "https://")):
         raise ConfigError(f"KIBITZ_PUBLIC_URL={values['public_url']!r}: must start with http:// or https://")
     values["public_url"] = values["public_url"].rstrip("/")
@@ -197,6 +205,14 @@ def _database_url(source: str, value: Any) -> str:
 def _names(value: Any) -> tuple[str, ...]:
     items = value if isinstance(value, list | tuple) else str(value).split(",")
     return tuple(n.strip() for n in items if str(n).strip())
+
+
+def _networks(source: str, value: Any) -> tuple[IPNetwork, ...]:
+    """Addresses and networks (``10.0.0.5``, ``10.0.0.0/8``, ``fd00::/8``), comma-separated or a list."""
+    try:
+        return tuple(ipaddress.ip_network(name, strict=False) for name in _names(value))
+    except ValueError as e:
+        raise ConfigError(f"{source}={value!r}: {e}") from None
 
 
 def _integer(source: str, value: Any, minimum: int = 0, maximum: int | None = None) -> int:

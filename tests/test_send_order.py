@@ -34,8 +34,8 @@ async def kibitz(tmp_path: Path) -> AsyncIterator[Kibitz]:
 
 
 async def pair(kibitz: Kibitz) -> tuple[User, Conversation]:
-    alice = await kibitz.accounts.sign_up("alice", "correct horse", None)
-    bob = await kibitz.accounts.sign_up("bob", "correct horse", None)
+    alice = await kibitz.accounts.sign_up("alice", "correct horse", None, "127.0.0.1")
+    bob = await kibitz.accounts.sign_up("bob", "correct horse", None, "127.0.0.1")
     conversation, _ = await kibitz.conversations.create_direct(alice.id, bob.id)
     return alice, conversation
 

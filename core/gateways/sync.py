@@ -16,7 +16,7 @@ from sanic import Request, Sanic
 from sanic.response import HTTPResponse
 
 from ..api import PREFIX, authenticate, int_query, json, query
-from ..errors import CursorExpired, CursorGone, InvalidRequest
+from ..errors import CursorExpired, CursorGone, InvalidRequest, Unauthorized
 from ..models import User
 
 if TYPE_CHECKING:
@@ -54,16 +54,15 @@ def decode_cursor(kibitz: Kibitz, user: User, cursor: str) -> int:
 
 async def sync(request: Request) -> HTTPResponse:
     kibitz = request.app.ctx.kibitz
-    user, _ = await authenticate(request)
+    user, device = await authenticate(request)
     timeout = int_query(request, "timeout", 0, 0, MAX_TIMEOUT)
     limit = int_query(request, "limit", 100, 1, MAX_LIMIT)
-    assert timeout is not None and limit is not None
     since = query(request, "since")
     if since is None:
         now = await kibitz.transport.now()
         return _answer(kibitz, user, Backlog([], now, False))
     after = decode_cursor(kibitz, user, since)
-    poll = kibitz.hub.start_poll(user.id) if timeout else None
+    poll = kibitz.hub.start_poll(user.id, device.id) if timeout else None
     try:
         backlog = await read_backlog(kibitz, user.id, after, limit)
         if poll is not None and not backlog.events and not kibitz.stopping.is_set():
@@ -81,6 +80,8 @@ async def sync(request: Request) -> HTTPResponse:
     finally:
         if poll is not None:
             kibitz.hub.end_poll(user.id, poll)
+    if poll is not None and poll.revoked:  # the device logged out while its poll was held
+        raise Unauthorized("the token was revoked")
     return _answer(kibitz, user, backlog)
 
 

@@ -24,8 +24,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from ..api import PREFIX
-from ..conversations import parse_id
 from ..errors import ApiError, CursorExpired, InvalidRequest
+from ..inputs import Frame, Hello, Ping, Read, Send, Typing, decode_frame
 from ..messages import SendOrder
 from ..models import Device, User
 from ..plugin_manager import call_each
@@ -44,12 +44,16 @@ WRITE_FRAMES = 64  # frames written in one system call at most
 REPLAY_PAGE = 500
 TYPING_INTERVAL = 2.0  # seconds: typing frames closer together than this are not passed on
 
+MAX_SOCKETS_PER_USER = 64  # WebSockets one user may have open on one instance
+
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED = 1003
+CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN = 1013
 CLOSE_BAD_CURSOR = 4400
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_CURSOR_EXPIRED = 4410
+CLOSE_TOO_MANY = 4429
 
 
 class Connection:
@@ -170,8 +174,15 @@ async def websocket(request: Request, ws: WebsocketImplProtocol) -> None:
     if hello is None:
         return
     user, device, since = hello
+    if kibitz.rate_limits.enabled and len(kibitz.hub.connections.get(user.id, ())) >= MAX_SOCKETS_PER_USER:
+        await ws.close(CLOSE_TOO_MANY, f"this user has {MAX_SOCKETS_PER_USER} WebSockets open; close one")
+        return
     connection = Connection(ws, kibitz, user, device)
     kibitz.hub.add(connection)
+    if kibitz.hub.was_revoked(device.id):  # logged out between the token check and now
+        kibitz.hub.remove(connection)
+        await ws.close(CLOSE_UNAUTHORIZED, "token revoked")
+        return
     keepalive.add(ws)
     writer: asyncio.Task[None] | None = None
     try:
@@ -206,29 +217,28 @@ async def websocket(request: Request, ws: WebsocketImplProtocol) -> None:
 async def _hello(ws: WebsocketImplProtocol, kibitz: Kibitz) -> tuple[User, Device, int | None] | None:
     """Read and check the ``hello`` frame; close the socket and return None if it fails."""
     try:
-        frame = await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT)
+        data = await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT)
     except TimeoutError:
         await ws.close(CLOSE_UNAUTHORIZED, "no hello within 10 seconds")
         return None
-    if isinstance(frame, bytes):
+    if isinstance(data, bytes):
         await ws.close(CLOSE_UNSUPPORTED, "text frames only")
         return None
     try:
-        hello = orjson.loads(frame or b"")
-    except orjson.JSONDecodeError:
+        hello = decode_frame(data or "")
+    except InvalidRequest:
         hello = None
-    if not isinstance(hello, dict) or hello.get("type") != "hello" or not isinstance(hello.get("token"), str):
+    if not isinstance(hello, Hello):
         await ws.close(CLOSE_UNAUTHORIZED, "the first frame must be a hello with a token")
         return None
-    found = await kibitz.accounts.authenticate(hello["token"])
+    found = await kibitz.accounts.authenticate(hello.token)
     if found is None:
         await ws.close(CLOSE_UNAUTHORIZED, "unknown or revoked token")
         return None
     user, device = found
-    since = hello.get("since")
-    if since is None:
+    if hello.since is None:
         return user, device, None
-    position = kibitz.cursors.decode(user.id, since) if isinstance(since, str) else None
+    position = kibitz.cursors.decode(user.id, hello.since)
     if position is None:
         await ws.close(CLOSE_BAD_CURSOR, "since: not a cursor this server issued")
         return None
@@ -236,78 +246,83 @@ async def _hello(ws: WebsocketImplProtocol, kibitz: Kibitz) -> tuple[User, Devic
 
 
 async def _read_loop(ws: WebsocketImplProtocol, connection: Connection, kibitz: Kibitz) -> None:
-    """Answer each frame; sends run at once (up to ``SENDS_IN_FLIGHT``), in frame order."""
+    """Answer each frame; sends run at once (up to ``SENDS_IN_FLIGHT``), in frame order.
+
+    Frames beyond the connection's allowance (``RateLimits.frames``) are answered
+    ``rate_limited`` and dropped; a client that goes on for a whole burst more is closed (1008).
+    """
+    allowance = kibitz.rate_limits.frames()
     while True:
-        frame = await ws.recv()
-        if frame is None:
+        data = await ws.recv()
+        if data is None:
             return
-        if isinstance(frame, bytes):
+        if isinstance(data, bytes):
             await ws.close(CLOSE_UNSUPPORTED, "text frames only")
             return
+        if allowance is not None and (retry := allowance.take()) is not None:
+            if allowance.debt > allowance.burst:
+                await ws.close(CLOSE_POLICY, "too many frames; slow down")
+                return
+            connection.put(
+                _error("rate_limited", f"too many frames; retry in {retry} s", _msg_id(data), retry)
+            )
+            continue
         try:
-            message = orjson.loads(frame)
-        except orjson.JSONDecodeError:
-            connection.put(_error("invalid_request", "the frame is not valid JSON"))
+            frame = decode_frame(data)
+        except InvalidRequest as e:
+            connection.put(_error(e.code, e.message, _msg_id(data)))
             continue
-        kind = message.get("type") if isinstance(message, dict) else None
-        handler = HANDLERS.get(kind) if isinstance(kind, str) else None
-        if handler is None:
-            connection.put(_error("invalid_request", f"unknown frame type {kind!r}"))
-            continue
-        if kind != "send":
-            await _answer(kind, handler, message, connection, kibitz)
+        if not isinstance(frame, Send):
+            await _answer(frame, connection, kibitz)
             continue
         await connection.sends.acquire()
-        kibitz.tasks.spawn(_answer(kind, handler, message, connection, kibitz)).add_done_callback(
+        kibitz.tasks.spawn(_answer(frame, connection, kibitz)).add_done_callback(
             lambda _: connection.sends.release()
         )
 
 
-async def _answer(
-    kind: str, handler: Handler, message: dict[str, Any], connection: Connection, kibitz: Kibitz
-) -> None:
+async def _answer(frame: Frame, connection: Connection, kibitz: Kibitz) -> None:
     """Run a frame's handler; any failure becomes an error frame."""
-    client_msg_id = message.get("client_msg_id") if kind == "send" else None
+    client_msg_id = frame.client_msg_id if isinstance(frame, Send) else None
     try:
-        await handler(message, connection, kibitz)
+        await HANDLERS[type(frame)](frame, connection, kibitz)
     except ApiError as e:
         connection.put(_error(e.code, e.message, client_msg_id, e.retry_after))
     except (ConnectionError, TimeoutError) as e:
-        log.warning("backing_service_failed", extra={"frame": kind, "error": str(e)})
+        log.warning("backing_service_failed", extra={"frame": type(frame).__name__, "error": str(e)})
         connection.put(
             _error("unavailable", "a backing service did not answer; retry shortly", client_msg_id, 1)
         )
     except Exception:
-        log.exception("frame_failed", extra={"frame": kind})
+        log.exception("frame_failed", extra={"frame": type(frame).__name__})
         connection.put(
             _error("internal_error", "the server failed to answer; this has been logged", client_msg_id)
         )
 
 
-async def _send(frame: dict[str, Any], connection: Connection, kibitz: Kibitz) -> None:
+async def _send(frame: Send, connection: Connection, kibitz: Kibitz) -> None:
     turn = connection.order.take()  # first, while the frames' tasks still start in order
     try:
-        body, client_msg_id = kibitz.messages.validate(frame.get("body"), frame.get("client_msg_id"))
-        cid = parse_id(frame.get("conversation_id"), "conversation_id")
-        conversation = await kibitz.conversations.of_member(cid, connection.user_id)
+        kibitz.messages.check_body(frame.body)
+        conversation = await kibitz.conversations.of_member(int(frame.conversation_id), connection.user_id)
         kibitz.rate_limits.send(connection.user_id)
-        _, data, _ = await kibitz.messages.send(connection.user, conversation, body, client_msg_id, turn)
+        _, data, _ = await kibitz.messages.send(
+            connection.user, conversation, frame.body, frame.client_msg_id, turn
+        )
     finally:
         turn.release()  # if this send ended before its message joined the log
     connection.put(
-        b'{"type":"sent","client_msg_id":' + orjson.dumps(client_msg_id) + b',"message":' + data + b"}"
+        b'{"type":"sent","client_msg_id":' + orjson.dumps(frame.client_msg_id) + b',"message":' + data + b"}"
     )
 
 
-async def _read(frame: dict[str, Any], connection: Connection, kibitz: Kibitz) -> None:
-    cid = parse_id(frame.get("conversation_id"), "conversation_id")
-    message_id = parse_id(frame.get("message_id"), "message_id")
-    conversation = await kibitz.conversations.of_member(cid, connection.user_id)
-    await kibitz.conversations.mark_read(conversation, connection.user_id, message_id)
+async def _read(frame: Read, connection: Connection, kibitz: Kibitz) -> None:
+    conversation = await kibitz.conversations.of_member(int(frame.conversation_id), connection.user_id)
+    await kibitz.conversations.mark_read(conversation, connection.user_id, int(frame.message_id))
 
 
-async def _typing(frame: dict[str, Any], connection: Connection, kibitz: Kibitz) -> None:
-    cid = parse_id(frame.get("conversation_id"), "conversation_id")
+async def _typing(frame: Typing, connection: Connection, kibitz: Kibitz) -> None:
+    cid = int(frame.conversation_id)
     conversation = await kibitz.conversations.of_member(cid, connection.user_id)
     now = time.monotonic()
     if now - connection.typed.get(cid, -TYPING_INTERVAL) < TYPING_INTERVAL:
@@ -319,28 +334,39 @@ async def _typing(frame: dict[str, Any], connection: Connection, kibitz: Kibitz)
         await kibitz.transport.signal(others, orjson.dumps(event))
 
 
-async def _ping(frame: dict[str, Any], connection: Connection, kibitz: Kibitz) -> None:
+async def _ping(frame: Ping, connection: Connection, kibitz: Kibitz) -> None:
     connection.put(b'{"type":"pong"}')
 
 
-async def _second_hello(frame: dict[str, Any], connection: Connection, kibitz: Kibitz) -> None:
+async def _second_hello(frame: Hello, connection: Connection, kibitz: Kibitz) -> None:
     raise InvalidRequest("already said hello")
 
 
-Handler = Callable[[dict[str, Any], Connection, "Kibitz"], Awaitable[None]]
-HANDLERS: dict[str, Handler] = {
-    "send": _send,
-    "read": _read,
-    "typing": _typing,
-    "ping": _ping,
-    "hello": _second_hello,
+HANDLERS: dict[type[Any], Callable[[Any, Connection, Kibitz], Awaitable[None]]] = {
+    Send: _send,
+    Read: _read,
+    Typing: _typing,
+    Ping: _ping,
+    Hello: _second_hello,
 }
 
 
-def _error(code: str, message: str, client_msg_id: object = None, retry_after: int | None = None) -> bytes:
+def _msg_id(data: str) -> str | None:
+    """The ``client_msg_id`` of a frame that could not be taken, so a client can match the error."""
+    try:
+        frame = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    value = frame.get("client_msg_id") if isinstance(frame, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _error(
+    code: str, message: str, client_msg_id: str | None = None, retry_after: int | None = None
+) -> bytes:
     """An error frame; ``retry_after`` (seconds, an extension) comes with rate_limited and unavailable."""
     frame: dict[str, object] = {"type": "error", "code": code, "message": message}
-    if isinstance(client_msg_id, str):
+    if client_msg_id is not None:
         frame["client_msg_id"] = client_msg_id
     if retry_after is not None:
         frame["retry_after"] = retry_after
