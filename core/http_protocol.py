@@ -96,21 +96,24 @@ class KibitzProtocol(WebSocketProtocol):
         http = getattr(self, "_http", None)
         if not self._task or http is None:
             return
-        waited = monotonic() - self._time
+        arriving = http.stage is Stage.REQUEST or (http.stage is Stage.HANDLER and http.request_body)
         error: Exception | None = None
         if http.stage is Stage.IDLE:
             limit = self.keep_alive_timeout if self._served else FIRST_REQUEST_TIMEOUT
-        elif http.stage is Stage.REQUEST or (http.stage is Stage.HANDLER and http.request_body):
+        elif arriving:
             limit, error = self.request_timeout, RequestTimeout("the request did not arrive in time")
         elif http.stage is Stage.HANDLER and http.upgrade_websocket:
             return
         else:
             limit, error = self.response_timeout, ServiceUnavailable("the response took too long")
+        waited = monotonic() - self._time
         if waited <= limit:
             self._callback_check_timeouts = self.loop.call_later(
                 max(0.1, min(limit - waited, CHECK_INTERVAL)), self.check_timeouts
             )
             return
+        if arriving:
+            http.request_body = None  # answer 408 and close; do not read the late rest first
         http.exception = error
         self._task.cancel("timeout")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 import orjson
 import websockets
+from websockets.exceptions import ConnectionClosed
 
 from kibitz.supervisor import ChildProcess, find_binary, free_port
 
@@ -326,3 +328,50 @@ class Socket:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+# -- raw WebSocket and metrics helpers --------------------------------------------------------
+
+
+async def connect(server: Server) -> Any:
+    return await websockets.connect(server.ws_url, max_size=2**22)
+
+
+async def hello(server: Server, token: str, **extra: Any) -> Any:
+    """A raw connection that has sent ``hello`` (and waits for nothing)."""
+    ws = await connect(server)
+    await ws.send(orjson.dumps({"type": "hello", "token": token, **extra}).decode())
+    return ws
+
+
+async def close_code(ws: Any, timeout: float = 15) -> tuple[int | None, list[dict[str, Any]]]:
+    """Read until the server closes; its close code and the frames that came before."""
+    frames: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await ws.recv()
+                frames.append(orjson.loads(frame) if isinstance(frame, str) else {"binary": frame})
+    except ConnectionClosed as e:
+        return (e.rcvd.code if e.rcvd is not None else None), frames
+    except TimeoutError:
+        await ws.close()
+        raise AssertionError(f"the server did not close within {timeout} s; frames: {frames}") from None
+
+
+async def frames_until_pong(socket: Socket, timeout: float = 10) -> list[dict[str, Any]]:
+    """Send a ping; every frame that arrives before the pong."""
+    await socket.send_json({"type": "ping"})
+    frames = []
+    while (frame := await socket.recv(timeout))["type"] != "pong":
+        frames.append(frame)
+    return frames
+
+
+async def long_polls(server: Server) -> float:
+    """This instance's long polls in flight, from /metrics."""
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(server.url + "/metrics")).text
+    found = re.search(r'^kibitz_connections\{kind="longpoll"\} (\S+)$', text, re.M)
+    assert found, text
+    return float(found.group(1))

@@ -53,6 +53,8 @@ def test_database_urls_get_an_async_driver() -> None:
         ("KIBITZ_PUBLIC_URL", "chat.example.com"),
         ("KIBITZ_PING_INTERVAL", "soon"),
         ("KIBITZ_PING_INTERVAL", "0.5s"),
+        ("KIBITZ_TRUSTED_PROXIES", "10.0.0.0/8, proxy.internal"),
+        ("KIBITZ_MAX_CONNECTIONS_PER_ADDRESS", "0"),
     ],
 )
 def test_bad_values_name_their_variable(variable: str, value: str) -> None:

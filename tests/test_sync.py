@@ -13,7 +13,17 @@ from typing import Any
 import httpx
 import pytest
 
-from .kibitz_client import Client, Server, Session, Socket, assert_error, make_server, wait_until
+from .kibitz_client import (
+    Client,
+    Server,
+    Session,
+    Socket,
+    assert_error,
+    frames_until_pong,
+    long_polls,
+    make_server,
+    wait_until,
+)
 
 Event = dict[str, Any]
 
@@ -23,24 +33,6 @@ Event = dict[str, Any]
 
 async def get_sync(client: Client, who: Session, **params: Any) -> httpx.Response:
     return await client.http.get("/sync", params=params, headers=who.headers, timeout=90)
-
-
-async def long_polls(server: Server) -> float:
-    """This instance's long polls in flight, from /metrics."""
-    async with httpx.AsyncClient() as http:
-        text = (await http.get(server.url + "/metrics")).text
-    found = re.search(r'^kibitz_connections\{kind="longpoll"\} (\S+)$', text, re.M)
-    assert found, text
-    return float(found.group(1))
-
-
-async def frames_until_pong(socket: Socket, timeout: float = 10) -> list[dict[str, Any]]:
-    """Send a ping and return every frame that arrives before the pong."""
-    await socket.send_json({"type": "ping"})
-    frames = []
-    while (frame := await socket.recv(timeout))["type"] != "pong":
-        frames.append(frame)
-    return frames
 
 
 def message_ids(events: list[Event]) -> list[str]:

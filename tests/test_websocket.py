@@ -13,50 +13,21 @@ from typing import Any
 
 import orjson
 import pytest
-import websockets
-from websockets.exceptions import ConnectionClosed
 
-from .kibitz_client import Client, Server, Session, Socket, make_server, wait_until
+from .kibitz_client import (
+    Client,
+    Server,
+    Session,
+    Socket,
+    close_code,
+    connect,
+    frames_until_pong,
+    hello,
+    make_server,
+    wait_until,
+)
 
 Frame = dict[str, Any]
-
-
-# -- helpers ------------------------------------------------------------------------------
-
-
-async def connect(server: Server) -> Any:
-    return await websockets.connect(server.ws_url, max_size=2**22)
-
-
-async def hello(server: Server, token: str, **extra: Any) -> Any:
-    """A raw connection that has sent ``hello`` (and waits for nothing)."""
-    ws = await connect(server)
-    await ws.send(orjson.dumps({"type": "hello", "token": token, **extra}).decode())
-    return ws
-
-
-async def close_code(ws: Any, timeout: float = 15) -> tuple[int | None, list[Frame]]:
-    """Read until the server closes; its close code and the frames that came before."""
-    frames: list[Frame] = []
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                frame = await ws.recv()
-                frames.append(orjson.loads(frame) if isinstance(frame, str) else {"binary": frame})
-    except ConnectionClosed as e:
-        return (e.rcvd.code if e.rcvd is not None else None), frames
-    except TimeoutError:
-        await ws.close()
-        raise AssertionError(f"the server did not close within {timeout} s; frames: {frames}") from None
-
-
-async def frames_until_pong(socket: Socket, timeout: float = 10) -> list[Frame]:
-    """Send a ping; every frame that arrives before the pong."""
-    await socket.send_json({"type": "ping"})
-    frames = []
-    while (frame := await socket.recv(timeout))["type"] != "pong":
-        frames.append(frame)
-    return frames
 
 
 def is_event(kind: str) -> Callable[[Frame], bool]:
