@@ -6,9 +6,11 @@ import argparse
 import gc
 import logging
 import sys
+from importlib.metadata import version
 from typing import TYPE_CHECKING
 
 from . import logs
+from .datadir import DataFolderError, lock_data_folder
 from .errors import ConfigError
 from .http_protocol import KibitzProtocol
 from .settings import Settings, load_settings
@@ -19,16 +21,44 @@ if TYPE_CHECKING:
 GC_FIRST_GENERATION = 20_000  # new container objects between two young collections
 
 
+SERVE_DESCRIPTION = """\
+Run the chat server. With no settings it is the appliance: data in ./kibitz-data, and
+NATS JetStream and Redis started as child processes; given URLs for NATS, Redis and a
+database, it starts no child and uses those."""
+SERVE_EPILOG = """\
+Every setting can be given in the TOML file or as an environment variable, which wins:
+KIBITZ_HOST, KIBITZ_PORT, KIBITZ_DATA_DIR, KIBITZ_PUBLIC_URL, KIBITZ_DATABASE_URL,
+KIBITZ_NATS_URL, KIBITZ_REDIS_URL, KIBITZ_REGISTRATION, KIBITZ_PLUGINS and more:
+docs/configuration.md lists them all."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,  # given after the command; else the one before it counts
+        help="a TOML file of settings (default: $KIBITZ_CONFIG, else none)",
+    )
     parser = argparse.ArgumentParser(prog="kibitz", description="Kibitz, a self-hosted chat appliance.")
-    parser.add_argument("--config", help="a TOML file (default: $KIBITZ_CONFIG, else none)")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the server (embedded NATS and Redis unless URLs are given)")
-    commands.add_parser("plugins", help="list the installed plugins and which are active")
+    parser.add_argument("--version", action="version", version=f"kibitz {version('kibitz')}")
+    parser.add_argument("--config", metavar="FILE", help="a TOML file of settings (default: $KIBITZ_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "serve",
+        parents=[config],
+        help="run the server (embedded NATS and Redis unless URLs are given)",
+        description=SERVE_DESCRIPTION,
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands.add_parser("plugins", parents=[config], help="list the installed plugins and which are active")
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
         logs.configure(settings.log_level)
+        for warning in settings.warnings:
+            logging.getLogger("kibitz").warning("unknown_setting", extra={"problem": warning})
         if args.command == "plugins":
             return plugins(settings)
         return serve(settings)
@@ -40,8 +70,14 @@ def main(argv: list[str] | None = None) -> int:
 def serve(settings: Settings) -> int:
     from .app import create_app
 
+    try:
+        lock = lock_data_folder(settings.data_dir)
+    except DataFolderError as e:
+        print(f"kibitz: {e}", file=sys.stderr)
+        return 1
     app = create_app(settings)
     app.after_server_start(_tune_garbage_collector)
+    app.after_server_start(_say_where)
     log = logging.getLogger("kibitz")
     log.info("starting", extra={"host": settings.host, "port": settings.port})
     try:
@@ -57,7 +93,22 @@ def serve(settings: Settings) -> int:
         log.error("start_failed", extra={"error": f"{type(e).__name__}: {e}"})
         print(f"kibitz: could not start: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+    finally:
+        lock.close()
     return 0
+
+
+async def _say_where(app: Sanic) -> None:
+    """One plain line for the person who started it, beside the JSON log lines."""
+    settings = app.ctx.kibitz.settings
+    listening = f"http://{settings.host}:{settings.port}"
+    public = f" (clients use {settings.url})" if settings.url != listening else ""
+    signing_up = {"open": "anyone can sign up", "closed": "sign-up is closed"}[settings.registration]
+    print(
+        f"Kibitz is listening on {listening}{public}; {signing_up}; data in {settings.data_dir.absolute()}. "
+        "Ctrl-C stops it.",
+        flush=True,
+    )
 
 
 async def _tune_garbage_collector(app: Sanic) -> None:

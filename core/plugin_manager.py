@@ -95,7 +95,8 @@ def fill_slot(pm: pluggy.PluginManager, slot: str, name: str, settings: Settings
         )
     unknown = plugin_settings.unknown()
     if unknown:
-        raise ConfigError(f"{unknown[0]}: the {name} plugin has no such setting")
+        hint = plugin_settings.hint(unknown[0])
+        raise ConfigError(f"{unknown[0]}: the {name} plugin has no such setting{hint}")
     return found
 
 

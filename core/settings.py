@@ -4,15 +4,21 @@ Core keys sit at the top level of the file (``port = 8000``) and are overridden 
 ``KIBITZ_<KEY>`` (``KIBITZ_PORT``). A plugin's keys sit in a table named after it
 (``[nats] url = "..."``) and are overridden by ``KIBITZ_<PLUGIN>_<KEY>``
 (``KIBITZ_NATS_URL``). Bad values raise ``ConfigError`` naming where they came from.
+
+A table that names no installed plugin is refused; a ``KIBITZ_*`` variable that is no
+setting is kept in ``Settings.warnings`` (an environment holds much that is not ours).
+Both name the closest known key, since they are most likely typos.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +68,14 @@ class PluginSettings(Mapping[str, Any]):
         """Where settings were given that the plugin never read (likely typos)."""
         return [self._sources[key] for key in self._values if key not in self._read]
 
+    def hint(self, source: str) -> str:
+        """For one of ``unknown()``: ``"; did you mean ..."`` naming the closest setting the
+        plugin reads (or core variable), or ``""``."""
+        if source.startswith("["):
+            return did_you_mean(source.partition("] ")[2], self._read)
+        prefix = f"KIBITZ_{self.plugin.upper()}_"
+        return did_you_mean(source, {prefix + key.upper() for key in self._read} | CORE_VARIABLES)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._values)
 
@@ -103,6 +117,7 @@ class Settings:
     log_level: str = "INFO"
     tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     environ: Mapping[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # settings that were given but mean nothing (likely typos)
 
     def plugin(self, name: str) -> PluginSettings:
         """The settings of plugin ``name``."""
@@ -118,7 +133,16 @@ class Settings:
         return self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'kibitz.sqlite3').resolve()}"
 
 
-CORE_VARIABLES = {f"KIBITZ_{key.upper()}" for key in Settings.__dataclass_fields__} | {"KIBITZ_CONFIG"}
+_NOT_SETTINGS = {"tables", "environ", "warnings"}
+CORE_VARIABLES = {
+    f"KIBITZ_{key.upper()}" for key in Settings.__dataclass_fields__ if key not in _NOT_SETTINGS
+} | {"KIBITZ_CONFIG"}
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean KIBITZ_PORT?"`` for the known name closest to ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def load_settings(config: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -135,10 +159,16 @@ def load_settings(config: str | None = None, environ: Mapping[str, str] | None =
             raise ConfigError(f"config file {path}: {e}") from None
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}
     top = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    known = set(Settings.__dataclass_fields__) - {"tables", "environ"}
+    known = set(Settings.__dataclass_fields__) - _NOT_SETTINGS
     for key in top:
         if key not in known:
-            raise ConfigError(f"config file {path}: unknown key {key!r}")
+            raise ConfigError(f"config file {path}: unknown key {key!r}{did_you_mean(key, known)}")
+    plugin_names = {ep.name for ep in entry_points(group="kibitz")}
+    for key in tables:
+        if key not in plugin_names:
+            raise ConfigError(
+                f"config file {path}: [{key}] is no installed plugin's table{did_you_mean(key, plugin_names)}"
+            )
 
     def get(key: str, default: Any) -> tuple[str, Any]:
         name = f"KIBITZ_{key.upper()}"
@@ -180,7 +210,13 @@ def load_settings(config: str | None = None, environ: Mapping[str, str] | None =
     if values["public_url"] and not values["public_url"].startswith(("http://", "https://")):
         raise ConfigError(f"KIBITZ_PUBLIC_URL={values['public_url']!r}: must start with http:// or https://")
     values["public_url"] = values["public_url"].rstrip("/")
-    return Settings(**values, tables=tables, environ=env)
+    prefixes = tuple(f"KIBITZ_{name.upper()}_" for name in plugin_names)
+    warnings = tuple(
+        f"{name}: not a Kibitz setting, ignored{did_you_mean(name, CORE_VARIABLES)}"
+        for name in sorted(env)
+        if name.startswith("KIBITZ_") and name not in CORE_VARIABLES and not name.startswith(prefixes)
+    )
+    return Settings(**values, tables=tables, environ=env, warnings=warnings)
 
 
 def _database_url(source: str, value: Any) -> str:

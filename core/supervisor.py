@@ -1,7 +1,9 @@
 """Supervised child processes: the embedded nats-server and redis-server.
 
 A ``ChildProcess`` starts a server binary, waits until it accepts connections, restarts
-it when it dies (with a growing pause), and stops it with SIGTERM, then SIGKILL. On
+it when it dies (with a growing pause), and stops it with SIGTERM, then SIGKILL. Each
+child runs in a session of its own, so a terminal's Ctrl-C (SIGINT to the whole
+foreground group) reaches Kibitz alone, which then stops its children in order. On
 Linux the child is also told to die with its parent, so a SIGKILLed Kibitz leaves no
 server behind holding the data folder.
 """
@@ -105,6 +107,7 @@ class ChildProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         await self._wait_ready()

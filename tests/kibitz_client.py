@@ -70,6 +70,7 @@ class Server:
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(default_factory=Path)
+    args: tuple[str, ...] = ()  # after ``kibitz serve``
 
     @property
     def api(self) -> str:
@@ -84,7 +85,11 @@ class Server:
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-{next(_numbers)}.log"
         with open(self.log_path, "wb") as out:
             self.process = subprocess.Popen(
-                [KIBITZ, "serve"], env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                [KIBITZ, "serve", *self.args],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         process = self.process
 

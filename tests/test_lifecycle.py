@@ -32,6 +32,12 @@ def children(server: Server) -> dict[str, int]:
     return found
 
 
+def gone(pid: int) -> bool:
+    """Whether the process has exited (a zombie not yet reaped counts as gone)."""
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().split(") ", 1)[1].startswith("Z")
+
+
 @pytest.fixture
 def embedded(tmp_path: Path) -> Iterator[Server]:
     server = make_server(tmp_path / "data")
@@ -46,8 +52,7 @@ def test_embedded_children_run_in_the_data_folder_and_stop_with_kibitz(embedded:
     assert (embedded.data_dir / "nats" / "jetstream").is_dir()
     assert (embedded.data_dir / "redis").is_dir()
     assert embedded.stop(signal.SIGTERM) == 0
-    for pid in running.values():
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert all(gone(pid) for pid in running.values()), running
 
 
 async def test_a_dead_embedded_child_is_restarted(embedded: Server) -> None:
