@@ -32,7 +32,7 @@ def lock_data_folder(folder: Path) -> IO[str]:
     if folder.exists() and not folder.is_dir():
         raise DataFolderError(f"the data folder {folder} is a file, not a folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # it holds hashes and keys
         if not os.access(folder, os.W_OK | os.X_OK):
             raise PermissionError(13, "Permission denied")
         lock = open(folder / LOCK_FILE, "a+")  # noqa: SIM115  # held open for the life of the process

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -139,6 +140,15 @@ def server(
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+async def short_retention(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Server]:
+    """A server of its own (embedded NATS and Redis) that keeps events for 2 seconds only."""
+    server = make_server(tmp_path_factory.mktemp("retention") / "data", KIBITZ_NATS_RETENTION_AGE="2s")
+    await asyncio.to_thread(server.start)
+    yield server
+    await asyncio.to_thread(server.stop)
 
 
 @pytest.fixture

@@ -147,7 +147,7 @@ def make_server(data_dir: Path, **env: str) -> Server:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     full = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("KIBITZ_TEST_")},  # the tests' own
         "KIBITZ_HOST": "127.0.0.1",
         "KIBITZ_PORT": str(port),
         "KIBITZ_DATA_DIR": str(data_dir),

@@ -4,6 +4,7 @@ settings, and a stop they asked for that is quiet and clean."""
 from __future__ import annotations
 
 import signal
+import stat
 import subprocess
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def test_a_second_kibitz_on_the_same_data_folder_is_refused(tmp_path: Path) -> N
         assert str(first.data_dir) in line and str(first.process.pid) in line, line
         assert (first.data_dir / "nats" / "nats-server.conf").read_text() == nats_config  # untouched
         assert set(children(first)) >= {"nats-server", "redis-server"}
+        assert stat.S_IMODE(first.data_dir.stat().st_mode) == 0o700  # it holds hashes and keys
     finally:
         first.stop()
     again = make_server(tmp_path / "data")  # the lock went with the first process
@@ -118,7 +120,9 @@ def test_ctrl_c_stops_everything_quietly(tmp_path: Path) -> None:
     server.start()
     running = children(server)
     assert server.stop(signal.SIGINT, group=True) == 0
-    noisy = [e for e in log_events(server) if e["level"] in ("warning", "error", "critical")]
+    events = log_events(server)
+    after_ready = events[[e["event"] for e in events].index("ready") :]
+    noisy = [e for e in after_ready if e["level"] in ("warning", "error", "critical")]
     assert noisy == [], noisy
-    assert [e["event"] for e in log_events(server)][-1] == "stopped"
+    assert after_ready[-1]["event"] == "stopped"
     assert all(gone(pid) for pid in running.values()), running

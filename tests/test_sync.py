@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 
 from .kibitz_client import (
     Client,
@@ -21,7 +19,6 @@ from .kibitz_client import (
     assert_error,
     frames_until_pong,
     long_polls,
-    make_server,
     wait_until,
 )
 
@@ -278,15 +275,6 @@ async def test_cursors_this_server_did_not_issue_are_400(client: Client) -> None
     # The genuine one still works, for its owner.
     assert (await client.sync(alice, mine))["events"] == []
     assert (await client.sync(bob, bobs))["events"] == []
-
-
-@pytest.fixture(scope="module")
-async def short_retention(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Server]:
-    """A server of its own (embedded NATS and Redis) that keeps events for 2 seconds only."""
-    server = make_server(tmp_path_factory.mktemp("retention") / "data", KIBITZ_NATS_RETENTION_AGE="2s")
-    await asyncio.to_thread(server.start)
-    yield server
-    await asyncio.to_thread(server.stop)
 
 
 async def test_cursor_older_than_retention_is_410(short_retention: Server) -> None:

@@ -8,11 +8,10 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
-import pytest
 
 from .kibitz_client import (
     Client,
@@ -23,7 +22,6 @@ from .kibitz_client import (
     connect,
     frames_until_pong,
     hello,
-    make_server,
     wait_until,
 )
 
@@ -122,15 +120,6 @@ async def test_since_with_non_ascii_digits_closes_4400(client: Client) -> None:
     for since in ("\u00b2", "\u00b2." + signature):
         code, frames = await close_code(await hello(client.server, alice.token, since=since))
         assert (code, frames) == (4400, []), since
-
-
-@pytest.fixture(scope="module")
-async def short_retention(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Server]:
-    """A server of its own (embedded NATS and Redis) that keeps events for 2 seconds only."""
-    server = make_server(tmp_path_factory.mktemp("retention") / "data", KIBITZ_NATS_RETENTION_AGE="2s")
-    await asyncio.to_thread(server.start)
-    yield server
-    await asyncio.to_thread(server.stop)
 
 
 async def test_expired_since_closes_4410(short_retention: Server) -> None:
