@@ -6,7 +6,7 @@ PYTHON := $(shell for p in python3.13 python3.12 python3.11 python3; do $$p -c '
 endif
 VENV := .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip --quiet --disable-pip-version-check
+PIP := $(PY) -m pip --quiet --quiet --disable-pip-version-check  # errors only
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
