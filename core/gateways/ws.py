@@ -5,7 +5,10 @@ once live delivery to it is in place, then the backlog after its cursor, then li
 events, each exactly once and in log order. It can send, mark read, say it is typing and
 ping. Every frame the server writes goes through one bounded queue and one writer task;
 a client too slow to take its events is closed (1013) and resumes from its cursor.
-Pings to keep sockets alive are ``kibitz.gateways.keepalive``'s.
+Frames are decoded by ``kibitz.inputs``. Abuse is bounded: a user has at most
+``MAX_SOCKETS_PER_USER`` sockets on an instance (one more is closed with 4429), and a
+socket sends within its frame allowance (``RateLimits.frames``). Pings to keep sockets
+alive are ``kibitz.gateways.keepalive``'s.
 """
 
 from __future__ import annotations
