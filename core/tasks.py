@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 log = logging.getLogger("kibitz.tasks")
 
 T = TypeVar("T")
+WAIT_AT_MOST = 10.0  # seconds shutdown waits for background work before cancelling it
 
 
 class Tasks:
@@ -34,7 +35,18 @@ class Tasks:
         if not task.cancelled() and task.exception() is not None:
             log.error("task_failed", exc_info=task.exception(), extra={"task": task.get_name()})
 
-    async def wait(self) -> None:
-        """Until every task started so far, and those they started meanwhile, has ended."""
-        while self._running:
+    async def wait(self, timeout: float = WAIT_AT_MOST) -> None:
+        """Until every task started so far, and those they started meanwhile, has ended.
+
+        What is still running after ``timeout`` seconds (a plugin hook that hangs) is
+        cancelled and logged, so a shutdown always ends.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                while self._running:
+                    await asyncio.gather(*self._running, return_exceptions=True)
+        except TimeoutError:
+            log.error("tasks_cancelled", extra={"tasks": sorted(t.get_name() for t in self._running)})
+            for task in list(self._running):
+                task.cancel()
             await asyncio.gather(*self._running, return_exceptions=True)
