@@ -4,7 +4,8 @@ from .errors import ConfigError, CursorExpired, Rejected, Unavailable
 from .hookspecs import hookimpl
 from .leases import Lease, Leases, LeaseUnavailable
 from .logs import redact_url
-from .models import Conversation, Device, Draft, LogEntry, Message, User
+from .models import Conversation, Device, Draft, LogEntry, Message, PushSubscription, User
+from .outbound import Outbound, check_url
 from .settings import PluginSettings
 from .slots import IdGenerator, LiveEvent, LiveSignal, Notifier, Page, Storage, StoredMessage, Transport
 from .supervisor import ChildProcess, find_binary, free_port
@@ -26,8 +27,10 @@ __all__ = [
     "LogEntry",
     "Message",
     "Notifier",
+    "Outbound",
     "Page",
     "PluginSettings",
+    "PushSubscription",
     "Rejected",
     "Storage",
     "StoredMessage",
@@ -35,6 +38,7 @@ __all__ = [
     "Transport",
     "Unavailable",
     "User",
+    "check_url",
     "find_binary",
     "free_port",
     "hookimpl",

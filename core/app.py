@@ -20,7 +20,7 @@ from typing import Any
 
 from sanic import Sanic
 
-from . import api, operations
+from . import api, operations, push
 from .accounts import Accounts
 from .clients import Clients
 from .conversations import Conversations
@@ -32,7 +32,10 @@ from .hub import Hub
 from .leases import Leases
 from .messages import Messages, StorageFollower
 from .metrics import Metrics
+from .notifications import NotificationFollower
 from .plugin_manager import call_each, create_plugin_manager, fill_slot
+from .presence import Presence
+from .push import Push
 from .ratelimit import RateLimits
 from .settings import Settings
 from .slots import IdGenerator, Notifier, Storage, Transport
@@ -66,19 +69,14 @@ class Kibitz:
         self.engine = create_engine(settings.sqlalchemy_url)
         self.leases = Leases(self.engine, self.instance_id)
         self.accounts = Accounts(self.engine, settings.registration)
+        self.push = Push(self.engine, settings.push_allow_insecure)
         self.conversations = Conversations(self.engine, self.transport, self.storage)
         self.hub = Hub(self.metrics, self.conversations.forget)
+        self.presence = Presence(self.transport, self.tasks)
+        self.notifications = NotificationFollower(self)
         self.follower = StorageFollower(self.transport, self.storage)
         self.messages = Messages(
-            self,
-            self.pm,
-            self.transport,
-            self.storage,
-            self.ids,
-            self.notifiers,
-            settings.max_message_chars,
-            self.hub.is_live,
-            self.follower,
+            self, self.pm, self.transport, self.storage, self.ids, settings.max_message_chars, self.follower
         )
         self.rate_limits = RateLimits(settings.rate_limits)
         self.clients = Clients(
@@ -109,6 +107,7 @@ class Kibitz:
         await asyncio.to_thread(self.data_dir.mkdir, parents=True, exist_ok=True)
         await migrate(self.engine)
         self.cursors = Cursors(await load_cursor_key(self.engine))
+        await self.push.start()
         self.transport.listen(self.hub.on_event, self.hub.on_signal)
         slots = [
             ("ids", self.settings.ids, self.ids),
@@ -125,6 +124,8 @@ class Kibitz:
         if caught_up:
             log.info("storage_caught_up", extra={"messages": caught_up})
         self.follower.start()
+        if self.notifiers:
+            self.notifications.start()
 
     async def drain(self) -> None:
         """Stop taking live connections and let the ones open go (they resume elsewhere)."""
@@ -137,7 +138,9 @@ class Kibitz:
         await call_each(self.pm, "shutdown", app=self)
 
     async def stop(self) -> None:
+        self.presence.close()
         await self.tasks.wait()  # what closing connections started after the drain
+        await self.notifications.stop()
         await self.follower.stop()
         for part in reversed(self._started):
             try:
@@ -187,6 +190,7 @@ def create_app(settings: Settings, plugins: Iterable[object] = ()) -> Sanic:
     )
     app.ctx.kibitz = kibitz
     api.register(app)
+    push.register(app)
     sync.register(app)
     ws.register(app, settings.ping_interval)
     operations.register(app, kibitz)

@@ -12,11 +12,9 @@ import hashlib
 import hmac
 import secrets
 
-import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .database import secrets as secrets_table
+from .database import shared_secret
 
 
 class Cursors:
@@ -41,15 +39,4 @@ class Cursors:
 
 async def load_cursor_key(engine: AsyncEngine) -> bytes:
     """The shared signing key, made by whichever instance starts first."""
-    select = sa.select(secrets_table.c.value).where(secrets_table.c.name == "cursor_key")
-    async with engine.begin() as db:
-        value = (await db.execute(select)).scalar()
-        if value is not None:
-            return bytes.fromhex(value)
-    try:
-        async with engine.begin() as db:
-            await db.execute(secrets_table.insert().values(name="cursor_key", value=secrets.token_hex(32)))
-    except IntegrityError:
-        pass  # another instance made it first
-    async with engine.connect() as db:
-        return bytes.fromhex((await db.execute(select)).scalar_one())
+    return bytes.fromhex(await shared_secret(engine, "cursor_key", lambda: secrets.token_hex(32)))

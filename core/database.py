@@ -8,6 +8,7 @@ shipped in ``kibitz.migrations``, run at every start.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -82,6 +84,18 @@ secrets = sa.Table(
     sa.Column("value", sa.String(128), nullable=False),
 )
 
+push_subscriptions = sa.Table(
+    "push_subscriptions",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("device_id", Id, sa.ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
+    sa.Index("ix_push_subscriptions_device_id", "device_id"),
+    sa.Column("endpoint", sa.String(2048), nullable=False, unique=True),
+    sa.Column("p256dh", sa.String(100), nullable=False),
+    sa.Column("auth", sa.String(32), nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+)
+
 
 def create_engine(url: str) -> AsyncEngine:
     """An async engine; for SQLite, WAL and fsync on every commit."""
@@ -108,6 +122,23 @@ def _alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(files("kibitz.migrations")))
     return config
+
+
+async def shared_secret(engine: AsyncEngine, name: str, make: Callable[[], str]) -> str:
+    """The secret ``name`` every instance shares, made with ``make()`` by whichever asks first."""
+    select = sa.select(secrets.c.value).where(secrets.c.name == name)
+    async with engine.connect() as db:
+        value: str | None = (await db.execute(select)).scalar()
+    if value is not None:
+        return value
+    try:
+        async with engine.begin() as db:
+            await db.execute(secrets.insert().values(name=name, value=make()))
+    except IntegrityError:
+        pass  # another instance made it first
+    async with engine.connect() as db:
+        made: str = (await db.execute(select)).scalar_one()
+        return made
 
 
 async def migrate(engine: AsyncEngine) -> None:

@@ -66,12 +66,14 @@ class Hub:
         # The largest position the live feed has handed over: every event at or before it
         # that belongs to a connected user has been delivered to that user's connections.
         self.position = 0
+        self.log_grew = asyncio.Event()  # set by every event of the feed (for the log's followers)
         self._revoked: dict[int, float] = {}  # device id: when its revocation arrived
 
     # -- the feed ------------------------------------------------------------------
 
     def on_event(self, user_id: int, position: int, event: bytes, committed_at: float) -> None:
         self.position = max(self.position, position)
+        self.log_grew.set()
         if event.startswith(CONVERSATION_EVENT):
             start = len(CONVERSATION_EVENT)
             self.forget_conversation(int(event[start : event.index(b'"', start)]))
@@ -137,10 +139,6 @@ class Hub:
         if not waiters:
             del self.polls[user_id]
         self.metrics.connections.labels("longpoll").dec()
-
-    def is_live(self, user_id: int) -> bool:
-        """Whether the user has a WebSocket or a long poll in flight on this instance."""
-        return user_id in self.connections or user_id in self.polls
 
     @property
     def count(self) -> int:

@@ -69,7 +69,35 @@ class ReadMarker(msgspec.Struct):
     message_id: Id
 
 
-BODIES: tuple[type[msgspec.Struct], ...] = (SignUp, LogIn, NewConversation, NewMember, NewMessage, ReadMarker)
+Endpoint = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+
+
+class PushKeys(msgspec.Struct):
+    p256dh: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    auth: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+
+
+class NewPushSubscription(msgspec.Struct):
+    """A browser ``PushSubscription`` as JSON (its ``expirationTime`` is ignored)."""
+
+    endpoint: Endpoint
+    keys: PushKeys
+
+
+class GonePushSubscription(msgspec.Struct):
+    endpoint: Endpoint
+
+
+BODIES: tuple[type[msgspec.Struct], ...] = (
+    SignUp,
+    LogIn,
+    NewConversation,
+    NewMember,
+    NewMessage,
+    ReadMarker,
+    NewPushSubscription,
+    GonePushSubscription,
+)
 
 
 # -- WebSocket frames ------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 A message goes: checks → ``wrap_send`` plugins → an id → the transport (the commit
 point: one durable append writes the event into every member's log) → storage (so
 history and ``GET /conversations`` see it at once) → the sender's answer. Plugins'
-``message_accepted`` and the notifiers run after that, off the send path.
+``message_accepted`` run after that, off the send path; notifications follow the log
+(``kibitz.notifications``).
 
 Storage can always be rebuilt from the log: the transport keeps every accepted message
 in commit order, and ``StorageFollower`` stores what storage has not confirmed yet, at
@@ -16,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -25,7 +25,7 @@ from .batching import Batcher
 from .errors import Forbidden, InvalidRequest, PayloadTooLarge, Rejected, Unavailable
 from .models import Conversation, Draft, LogEntry, Message, User, message_event, rfc3339
 from .plugin_manager import SendWrappers, call_each
-from .slots import IdGenerator, Notifier, Storage, StoredMessage, Transport
+from .slots import IdGenerator, Storage, StoredMessage, Transport
 
 if TYPE_CHECKING:
     from .app import Kibitz
@@ -46,9 +46,7 @@ class Messages:
         transport: Transport,
         storage: Storage,
         ids: IdGenerator,
-        notifiers: list[Notifier],
         max_chars: int,
-        is_live: Callable[[int], bool],
         follower: StorageFollower,
     ) -> None:
         self.kibitz = kibitz
@@ -56,9 +54,7 @@ class Messages:
         self.transport = transport
         self.storage = storage
         self.ids = ids
-        self.notifiers = notifiers
         self.max_chars = max_chars
-        self.is_live = is_live
         self.follower = follower
         self._in_flight: dict[tuple[int, str], asyncio.Task[tuple[Message, bytes, bool]]] = {}
         # Concurrent sends share storage round trips (see kibitz.batching).
@@ -203,12 +199,6 @@ class Messages:
         await call_each(
             self.pm, "message_accepted", message=message, conversation=conversation, app=self.kibitz
         )
-        offline = [uid for uid in conversation.members if uid != message.sender_id and not self.is_live(uid)]
-        for notifier in self.notifiers if offline else ():
-            try:
-                await notifier.notify(message, conversation, offline)
-            except Exception:
-                log.exception("notify_failed", extra={"notifier": type(notifier).__name__})
 
     async def drain(self) -> None:
         """Wait for the sends in flight, so none is cut off between the log and storage."""

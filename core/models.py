@@ -111,6 +111,18 @@ class Conversation:
 
 
 @dataclass(frozen=True, slots=True)
+class PushSubscription:
+    """A browser's Web Push subscription, as its device's user made it (keys base64url)."""
+
+    id: int
+    user_id: int
+    device_id: int
+    endpoint: str
+    p256dh: str
+    auth: str
+
+
+@dataclass(frozen=True, slots=True)
 class LogEntry:
     """One event bound for the event logs of ``user_ids``.
 

@@ -248,6 +248,31 @@ def openapi_document() -> dict[str, Any]:
                 ],
             )
         },
+        "/push/vapid-key": {
+            "get": _operation(
+                "The server's VAPID public key (an uncompressed P-256 point, base64url), to subscribe with",
+                200,
+                _object(["public_key"], public_key={"type": "string"}),
+                [],
+                auth=False,
+            )
+        },
+        "/push/subscriptions": {
+            "post": _operation(
+                "Tie a browser's PushSubscription to the calling device (https, public addresses only)",
+                201,
+                None,
+                [400, 401, 503],
+                _ref("NewPushSubscription"),
+            ),
+            "delete": _operation(
+                "Remove the calling device's subscription with this endpoint",
+                204,
+                None,
+                [400, 401],
+                _ref("GonePushSubscription"),
+            ),
+        },
         "/ws": {
             "get": _operation(
                 "Upgrade to the WebSocket gateway (see the protocol)", 101, None, [], auth=False

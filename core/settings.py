@@ -106,9 +106,11 @@ class Settings:
     transport: str = "nats"
     storage: str = "redis"
     ids: str = "snowflake"
-    notify: tuple[str, ...] = ("log",)
+    notify: tuple[str, ...] = ("webpush",)
     plugins: tuple[str, ...] = ()
     rate_limits: bool = True
+    push_allow_insecure: bool = False
+    push_preview: bool = True
     max_connections_per_address: int = 500
     trusted_proxies: tuple[IPNetwork, ...] = ()
     max_message_chars: int = 4000
@@ -199,10 +201,9 @@ def load_settings(config: str | None = None, environ: Mapping[str, str] | None =
     if registration not in REGISTRATION_MODES:
         raise ConfigError(f"{source}={registration!r}: must be one of {', '.join(REGISTRATION_MODES)}")
     values["registration"] = registration
-    source, limits = get("rate_limits", "on")
-    if str(limits).lower() not in ("on", "off", "true", "false", "1", "0"):
-        raise ConfigError(f"{source}={limits!r}: must be on or off")
-    values["rate_limits"] = str(limits).lower() in ("on", "true", "1")
+    values["rate_limits"] = _switch(*get("rate_limits", "on"))
+    values["push_allow_insecure"] = _switch(*get("push_allow_insecure", "off"))
+    values["push_preview"] = _switch(*get("push_preview", "on"))
     values["max_connections_per_address"] = _integer(
         *get("max_connections_per_address", d.max_connections_per_address), 1
     )
@@ -210,13 +211,29 @@ def load_settings(config: str | None = None, environ: Mapping[str, str] | None =
     if values["public_url"] and not values["public_url"].startswith(("http://", "https://")):
         raise ConfigError(f"KIBITZ_PUBLIC_URL={values['public_url']!r}: must start with http:// or https://")
     values["public_url"] = values["public_url"].rstrip("/")
-    prefixes = tuple(f"KIBITZ_{name.upper()}_" for name in plugin_names)
-    warnings = tuple(
-        f"{name}: not a Kibitz setting, ignored{did_you_mean(name, CORE_VARIABLES)}"
-        for name in sorted(env)
-        if name.startswith("KIBITZ_") and name not in CORE_VARIABLES and not name.startswith(prefixes)
+    active = {values["transport"], values["storage"], values["ids"], *values["notify"], *values["plugins"]}
+    return Settings(
+        **values, tables=tables, environ=env, warnings=_unknown_variables(env, plugin_names, active)
     )
-    return Settings(**values, tables=tables, environ=env, warnings=warnings)
+
+
+def _unknown_variables(env: Mapping[str, str], plugins: set[str], active: set[str]) -> tuple[str, ...]:
+    """Warnings for the ``KIBITZ_*`` variables that set nothing.
+
+    An active plugin's variables are its own to check. Those of a plugin not in use are
+    kept quiet, unless they look like a typo of a core variable (``KIBITZ_LOG_LEVL``).
+    """
+    warnings = []
+    for name in sorted(env):
+        if not name.startswith("KIBITZ_") or name in CORE_VARIABLES:
+            continue
+        owner = next((p for p in plugins if name.startswith(f"KIBITZ_{p.upper()}_")), None)
+        hint = did_you_mean(name, CORE_VARIABLES)
+        if owner is None:
+            warnings.append(f"{name}: not a Kibitz setting, ignored{hint}")
+        elif owner not in active and hint:
+            warnings.append(f"{name}: not a Kibitz setting, and the {owner} plugin is not in use{hint}")
+    return tuple(warnings)
 
 
 def _database_url(source: str, value: Any) -> str:
@@ -241,6 +258,14 @@ def _database_url(source: str, value: Any) -> str:
 def _names(value: Any) -> tuple[str, ...]:
     items = value if isinstance(value, list | tuple) else str(value).split(",")
     return tuple(n.strip() for n in items if str(n).strip())
+
+
+def _switch(source: str, value: Any) -> bool:
+    """``on``/``off`` (or ``true``/``false``, ``1``/``0``, a TOML boolean) as a bool."""
+    text = str(value).lower()
+    if text not in ("on", "off", "true", "false", "1", "0"):
+        raise ConfigError(f"{source}={value!r}: must be on or off")
+    return text in ("on", "true", "1")
 
 
 def _networks(source: str, value: Any) -> tuple[IPNetwork, ...]:

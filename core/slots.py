@@ -78,6 +78,18 @@ class Transport(Protocol):
     async def signal(self, user_ids: Sequence[int], payload: bytes) -> None:
         """Send a live-only payload to the users' connections on every instance. Never stored."""
 
+    async def mark_live(self, user_id: int, live: bool) -> None:
+        """Record whether ``user_id`` has a live connection on this instance.
+
+        The core calls it when the user's first connection here goes live, and once the
+        last has ended (after a grace period). Once it returns, ``live_users`` on every
+        instance sees the change. What an instance marked is dropped when it closes, and
+        soon after it dies.
+        """
+
+    async def live_users(self, user_ids: Sequence[int]) -> set[int]:
+        """Those of ``user_ids`` marked live by an instance that is running."""
+
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
@@ -162,4 +174,12 @@ class Notifier(Protocol):
     async def close(self) -> None: ...
 
     async def notify(self, message: Message, conversation: Conversation, user_ids: Sequence[int]) -> None:
-        """Tell each of ``user_ids`` (members with no live connection) about ``message``."""
+        """Tell each of ``user_ids`` about ``message``: the members other than the sender
+        with no live connection on any instance.
+
+        Called from the log once the message is durable, by one instance at a time, off
+        every send path (``kibitz.notifications``); several messages may be notified at
+        once. Return once what is owed is sent, or given up: the log's position moves on
+        after that, and a crash before it means this message may be notified again.
+        Raising is logged and skipped.
+        """

@@ -49,6 +49,9 @@ PROTOCOL_API_CALLS = {
     ("get", "/api/v1/sync"),
     ("get", "/api/v1/ws"),
     ("get", "/api/v1/discovery"),
+    ("get", "/api/v1/push/vapid-key"),
+    ("post", "/api/v1/push/subscriptions"),
+    ("delete", "/api/v1/push/subscriptions"),
     ("get", "/api/v1/openapi.json"),
 }
 PROTOCOL_OPERATOR_CALLS = {("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics")}
@@ -316,3 +319,19 @@ async def test_readyz_is_503_naming_redis_when_it_stops(tmp_path: Path) -> None:
         if server.process is not None:
             await asyncio.to_thread(server.stop)
         await redis.stop()
+
+
+def test_every_route_the_server_has_is_in_openapi(tmp_path: Path) -> None:
+    from kibitz.app import create_app
+    from kibitz.openapi import openapi_document
+    from kibitz.settings import load_settings
+
+    app = create_app(load_settings(environ={"KIBITZ_DATA_DIR": str(tmp_path / "data")}))
+    routes = {
+        (method.lower(), re.sub(r"<[^>]*>", "{}", "/" + route.path.strip("/")))
+        for route in app.router.routes
+        for method in route.methods
+        if method not in ("HEAD", "OPTIONS")
+    }
+    undocumented = routes - documented_calls(openapi_document())
+    assert not undocumented, f"routes missing from openapi.json: {sorted(undocumented)}"

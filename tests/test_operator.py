@@ -108,9 +108,18 @@ def test_unknown_settings_are_named_with_the_closest_known_one(tmp_path: Path) -
     assert done.returncode == 2
     assert "[redsi]" in one_line(done) and "did you mean redis?" in one_line(done)
 
-    done = run({**clean_environ(tmp_path), "KIBITZ_LOG_LEVL": "debug"}, "serve")
+    # A typo of KIBITZ_LOG_LEVEL looks like a setting of the log notifier: an error while
+    # that plugin is in use (its settings are checked), a warning while it is not.
+    typo = {**clean_environ(tmp_path), "KIBITZ_LOG_LEVL": "debug"}
+    done = run({**typo, "KIBITZ_NOTIFY": "log"}, "serve")
     assert done.returncode == 2
     assert "did you mean KIBITZ_LOG_LEVEL?" in one_line(done)
+    done = run(typo, "plugins")
+    (warning,) = [orjson.loads(line)["problem"] for line in done.stderr.splitlines()]
+    assert warning == (
+        "KIBITZ_LOG_LEVL: not a Kibitz setting, and the log plugin is not in use; "
+        "did you mean KIBITZ_LOG_LEVEL?"
+    )
 
 
 def test_ctrl_c_stops_everything_quietly(tmp_path: Path) -> None:

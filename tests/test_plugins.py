@@ -41,7 +41,6 @@ BAD_CONFIGURATION = [
     ("KIBITZ_RATE_LIMITS", "sometimes"),
     ("KIBITZ_NATS_RETENTION_AGE", "soon"),
     ("KIBITZ_REDIS_URL", "http://x"),
-    ("KIBITZ_LOG_LEVL", "debug"),  # a typo of KIBITZ_LOG_LEVEL looks like a setting of the log plugin
 ]
 
 

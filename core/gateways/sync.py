@@ -64,6 +64,8 @@ async def sync(request: Request) -> HTTPResponse:
     after = decode_cursor(kibitz, user, since)
     poll = kibitz.hub.start_poll(user.id, device.id) if timeout else None
     try:
+        if poll is not None:
+            await kibitz.presence.arrived(user.id)  # counted at once, so the finally block undoes it
         backlog = await read_backlog(kibitz, user.id, after, limit)
         if poll is not None and not backlog.events and not kibitz.stopping.is_set():
             # Nothing after the cursor up to the end of the log: every event of the user
@@ -80,6 +82,7 @@ async def sync(request: Request) -> HTTPResponse:
     finally:
         if poll is not None:
             kibitz.hub.end_poll(user.id, poll)
+            kibitz.presence.left(user.id)
     if poll is not None and poll.revoked:  # the device logged out while its poll was held
         raise Unauthorized("the token was revoked")
     return _answer(kibitz, user, backlog)

@@ -189,6 +189,7 @@ async def websocket(request: Request, ws: WebsocketImplProtocol) -> None:
     keepalive.add(ws)
     writer: asyncio.Task[None] | None = None
     try:
+        await kibitz.presence.arrived(user.id)  # counted at once, so the finally block undoes it
         first: Backlog | None = None
         if since is None:
             start = max(await kibitz.transport.now(), kibitz.hub.position)
@@ -211,6 +212,7 @@ async def websocket(request: Request, ws: WebsocketImplProtocol) -> None:
         pass
     finally:
         kibitz.hub.remove(connection)
+        kibitz.presence.left(user.id)
         keepalive.remove(ws)
         if writer is not None:
             writer.cancel()

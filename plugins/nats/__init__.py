@@ -21,7 +21,8 @@ nats-server caps an atomic batch at 1,000 messages, so one message fans out to a
 group Kibitz accepts.
 
 Reads use batched direct gets (``allow_direct``) filtered by subject: no consumer state
-per device. The live feed is one ordered push consumer per instance on
+per device. Presence (who is live on which instance) is a memory stream of its own
+(``kibitz.plugins.nats.presence``). The live feed is one ordered push consumer per instance on
 ``kibitz.live``, re-created from the last seen position when NATS restarts. Typing and
 other live-only signals go over core NATS on ``kibitz.signal`` and are never stored.
 """
@@ -58,6 +59,8 @@ from kibitz import (
     hookimpl,
     redact_url,
 )
+
+from .presence import Presence
 
 log = logging.getLogger("kibitz.nats")
 
@@ -123,6 +126,7 @@ class NatsTransport:
         self._tokens = itertools.count()
         self._reads = asyncio.Semaphore(READS_IN_FLIGHT)
         self._feed: Any = None
+        self._presence: Presence | None = None
         self._last_error_log = 0.0
         self._quiet = False  # no warnings while this process closes the connection
 
@@ -136,6 +140,8 @@ class NatsTransport:
         await self._ensure_stream()
         self._reply_prefix = f"_INBOX.kibitz.{uuid.uuid4().hex}"
         await self.nc.subscribe(f"{self._reply_prefix}.*", cb=self._route_reply)
+        self._presence = Presence(self.nc.jetstream(), self.direct_batch, app.instance_id, self.replicas)
+        await self._presence.start()
         if self._on_signal is not None:
             await self.nc.subscribe(SIGNALS, cb=self._receive_signal)
         if self._on_event is not None:
@@ -188,6 +194,8 @@ class NatsTransport:
         if self._feed is not None:
             with contextlib.suppress(Exception):
                 await self._feed.unsubscribe()
+        if self._presence is not None:
+            await self._presence.close()
         if self.nc is not None:
             self._quiet = True
             with contextlib.suppress(Exception):
@@ -337,15 +345,22 @@ class NatsTransport:
         ``start`` (a batched direct get), and whether more follow (the batch may also stop
         at ``DIRECT_GET_MAX_BYTES``).
         """
+        request = {"seq": start, "next_by_subj": subject, "batch": limit, "max_bytes": DIRECT_GET_MAX_BYTES}
+        return await self.direct_batch(STREAM, request)
+
+    async def direct_batch(
+        self, stream: str, request: dict[str, Any]
+    ) -> tuple[list[tuple[int, str, bytes]], bool]:
+        """The messages (sequence, subject, data) a batched direct get of ``stream`` answers,
+        and whether more match beyond the batch."""
         token = str(next(self._tokens))
         queue: asyncio.Queue[Msg] = asyncio.Queue()
-        request = {"seq": start, "next_by_subj": subject, "batch": limit, "max_bytes": DIRECT_GET_MAX_BYTES}
         found: list[tuple[int, str, bytes]] = []
         async with self._reads:
             self._replies[token] = queue
             try:
                 await self.nc.publish(
-                    f"$JS.API.DIRECT.GET.{STREAM}",
+                    f"$JS.API.DIRECT.GET.{stream}",
                     orjson.dumps(request),
                     reply=f"{self._reply_prefix}.{token}",
                 )
@@ -455,6 +470,16 @@ class NatsTransport:
             events += found
             start = found[-1][0] + 1
         return events
+
+    # -- presence ---------------------------------------------------------------------------
+
+    async def mark_live(self, user_id: int, live: bool) -> None:
+        assert self._presence is not None, "the nats transport is not started"
+        await self._presence.mark(user_id, live)
+
+    async def live_users(self, user_ids: Sequence[int]) -> set[int]:
+        assert self._presence is not None, "the nats transport is not started"
+        return await self._presence.live_users(user_ids)
 
     async def signal(self, user_ids: Sequence[int], payload: bytes) -> None:
         await self.nc.publish(SIGNALS, ",".join(map(str, user_ids)).encode() + b"\n" + payload)
