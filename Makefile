@@ -9,6 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --quiet --quiet --disable-pip-version-check  # errors only
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
+CHROMIUM := /usr/bin/chromium
 
 # A venv is kept only if it was made here and still works: its python runs and its pip's
 # `#!` line names this folder's venv. One copied or cloned from another folder, or left
@@ -40,7 +41,17 @@ lint: $(TEST_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: lint
+# The browser tests drive Debian's Chromium, never a downloaded one: installed here where
+# it is missing and apt-get may run; where it cannot be, those tests skip and say why.
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Installing Debian's chromium for the browser tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	    || echo "chromium could not be installed: the browser tests will skip"; \
+	else echo "chromium is missing and cannot be installed here: the browser tests will skip"; fi
+
+test: lint $(CHROMIUM)
 	$(PY) -m pytest
 
 bench: $(TEST_STAMP)

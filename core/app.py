@@ -20,7 +20,7 @@ from typing import Any
 
 from sanic import Sanic
 
-from . import api, operations, push
+from . import api, operations, push, web_client
 from .accounts import Accounts
 from .clients import Clients
 from .conversations import Conversations
@@ -194,6 +194,7 @@ def create_app(settings: Settings, plugins: Iterable[object] = ()) -> Sanic:
     sync.register(app)
     ws.register(app, settings.ping_interval)
     operations.register(app, kibitz)
+    web_client.register(app)
     _register_plugin_routes(app, kibitz)
 
     @app.before_server_start

@@ -118,6 +118,7 @@ class Conversations:
                     "type": c.type,
                     "name": c.name,
                     "members": [str(m) for m in c.members],
+                    "creator_id": str(c.creator_id),
                     "created_at": c.created_at,
                     "last_message": orjson.Fragment(last) if last else None,
                     "unread_count": count,

@@ -95,8 +95,11 @@ class NotificationFollower:
             kibitz.hub.log_grew.clear()
             records = await kibitz.transport.messages(position, BATCH)
             if not records:
+                # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow the
+                # cancellation that stop() sends if the event is set in the same moment.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(kibitz.hub.log_grew.wait(), IDLE_WAIT)
+                    async with asyncio.timeout(IDLE_WAIT):
+                        await kibitz.hub.log_grew.wait()
                 continue
             await self._notify_all([data for _, data in records])
             position = records[-1][0]

@@ -42,11 +42,12 @@ SCHEMAS: dict[str, Any] = {
         created_at=TIME,
     ),
     "Conversation": _object(
-        ["id", "type", "name", "members", "created_at", "last_message", "unread_count"],
+        ["id", "type", "name", "members", "creator_id", "created_at", "last_message", "unread_count"],
         id=ID,
         type={"enum": ["direct", "group"]},
         name={"type": ["string", "null"]},
         members={"type": "array", "items": ID},
+        creator_id=ID,
         created_at=TIME,
         last_message={"oneOf": [_ref("Message"), {"type": "null"}]},
         unread_count={"type": "integer"},
@@ -95,8 +96,8 @@ def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema}
 
 
-def _path(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": ID}
+def _path(name: str, schema: dict[str, Any] = ID) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
 
 
 CID = _path("cid")
@@ -320,6 +321,19 @@ def openapi_document() -> dict[str, Any]:
         "servers": root,
         "get": _operation("Prometheus text format", 200, None, [], auth=False),
     }
+    web = [
+        ("/", "The web client's page (HTML, never cached)"),
+        ("/sw.js", "The web client's service worker (never cached)"),
+        ("/web/{release}/{path}", "A file of the web client's release; cached for a year"),
+    ]
+    for path, summary in web:
+        params = (
+            [_path("release", {"type": "string"}), _path("path", {"type": "string"})] if "{" in path else None
+        )
+        paths[path] = {
+            "servers": root,
+            "get": _operation(summary, 200, None, [404], params=params, auth=False),
+        }
     return {
         "openapi": "3.1.0",
         "info": {"title": "Kibitz client protocol", "version": "1"},

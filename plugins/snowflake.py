@@ -200,7 +200,8 @@ class SnowflakeIds:
         interval = self.ttl / 3
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                async with asyncio.timeout(interval):  # not wait_for: it can swallow a cancel (3.11)
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.renew()

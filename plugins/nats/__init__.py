@@ -365,8 +365,9 @@ class NatsTransport:
                     reply=f"{self._reply_prefix}.{token}",
                 )
                 while True:
-                    try:
-                        msg = await asyncio.wait_for(queue.get(), REQUEST_TIMEOUT)
+                    try:  # asyncio.timeout: wait_for can swallow a cancellation (Python 3.11)
+                        async with asyncio.timeout(REQUEST_TIMEOUT):
+                            msg = await queue.get()
                     except TimeoutError:
                         raise ConnectionError("nats: no answer to a direct get") from None
                     headers = msg.headers or {}

@@ -1,0 +1,316 @@
+"""The web client in a real browser: Playwright driving Debian's Chromium against a real
+server, used as people would, on a desktop-sized and a phone-sized window."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .kibitz_client import PASSWORD, Server, make_server, wait_until
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",  # as root, in a container without user namespaces
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",  # the machine has no internet: no calls home
+    "--disable-component-update",
+    "--disable-sync",
+]
+DESKTOP = {"width": 1200, "height": 800}
+PHONE = {"width": 390, "height": 780}
+XSS = "<img src=x onerror=alert(1)>"
+
+playwright_api = pytest.importorskip("playwright.async_api", reason="Playwright for Python is not installed")
+if not os.path.exists(CHROMIUM):
+    pytest.skip(
+        f"{CHROMIUM} is missing (make test installs Debian's chromium where it can)", allow_module_level=True
+    )
+expect = playwright_api.expect
+
+
+@pytest.fixture(scope="module")
+async def web_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Server]:
+    server = make_server(tmp_path_factory.mktemp("web") / "data")
+    await asyncio.to_thread(server.start)
+    yield server
+    await asyncio.to_thread(server.stop)
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Any]:
+    async with playwright_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        await browser.close()
+
+
+class Person:
+    """One person in a browser context of their own: signs up, opens chats, writes."""
+
+    def __init__(self, page: Any, username: str, display_name: str) -> None:
+        self.page, self.username, self.display_name = page, username, display_name
+        self.errors: list[str] = []
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on("dialog", lambda dialog: self.errors.append(f"a dialog opened: {dialog.message}"))
+
+    @classmethod
+    async def sign_up(
+        cls, browser: Any, server: Server, display_name: str, block_websockets: bool = False, **context: Any
+    ) -> Person:
+        browser_context = await browser.new_context(viewport=context.pop("viewport", DESKTOP), **context)
+        if block_websockets:  # as a proxy that does not pass WebSocket upgrades would
+            await browser_context.route_web_socket("**/api/v1/ws", lambda socket: socket.close())
+        page = await browser_context.new_page()
+        person = cls(page, "p" + uuid.uuid4().hex[:10], display_name)
+        await page.goto(server.url)
+        await page.get_by_role("tab", name="Sign up").click()
+        await page.get_by_label("Username").fill(person.username)
+        await page.get_by_label("Password (at least 8 characters)").fill(PASSWORD)
+        await page.get_by_label("Your name, as others see it").fill(display_name)
+        await page.get_by_role("button", name="Create account").click()
+        await person.live("Live (polling)" if block_websockets else "Live")
+        return person
+
+    async def live(self, how: str = "Live") -> None:
+        await expect(self.page.get_by_role("status")).to_have_text(how, timeout=20_000)
+
+    async def start_chat(self, *others: Person, name: str = "") -> None:
+        page = self.page
+        await page.get_by_role("button", name="New conversation").click()
+        for other in others:
+            await page.get_by_label("Search people").fill(other.username)
+            await page.get_by_role("button", name=f"@{other.username}").click()
+        if name:
+            await page.get_by_label("Group name").fill(name)
+        await page.get_by_role("button", name="Create group" if name else "Start chat").click()
+        await expect(page.get_by_label("Message")).to_be_visible()
+
+    async def open(self, title: str) -> None:
+        await self.page.get_by_role("link", name=title).first.click()
+        await expect(self.page.get_by_label("Message")).to_be_visible()
+
+    async def write(self, text: str) -> None:
+        await self.page.get_by_label("Message").fill(text)
+        await self.page.keyboard.press("Enter")
+
+    def messages(self, text: str = "") -> Any:
+        return self.page.locator(".message", has_text=text) if text else self.page.locator(".message")
+
+    async def sees(self, text: str, count: int = 1) -> None:
+        await expect(self.messages(text)).to_have_count(count, timeout=20_000)
+
+
+async def test_two_people_chat_live_and_what_they_write_stays_text(browser: Any, web_server: Server) -> None:
+    alice = await Person.sign_up(browser, web_server, f"Alice {XSS}")
+    bob = await Person.sign_up(browser, web_server, "Bob", viewport=PHONE, color_scheme="dark")
+    await alice.start_chat(bob)
+    await alice.write(f"hello {XSS} see https://example.com/a?b=c.")
+    await alice.page.get_by_label("Message").fill("two\nlines")
+    await alice.page.get_by_role("button", name="Send").click()
+    await bob.open(f"Alice {XSS}, 2 unread")
+    await bob.sees("see https://example.com")
+    await bob.sees("two")
+    await bob.write("hi Alice")
+    await alice.sees("hi Alice")
+    bubble = bob.messages("see https://example.com").locator(".bubble")
+    assert await bubble.locator("img").count() == 0  # the markup in the text is text
+    assert XSS in await bubble.inner_text()
+    link = bubble.get_by_role("link")
+    assert await link.get_attribute("href") == "https://example.com/a?b=c"
+    assert await link.get_attribute("rel") == "noopener noreferrer"
+    assert await bob.page.locator(".bar h2").first.inner_text() == f"Alice {XSS}\nDirect messages"
+    assert await bob.page.locator("img[src=x]").count() == 0
+    assert alice.errors == [] and bob.errors == []
+
+
+async def test_a_group_of_three(browser: Any, web_server: Server) -> None:
+    alice = await Person.sign_up(browser, web_server, "Alice")
+    bob = await Person.sign_up(browser, web_server, "Bob")
+    carol = await Person.sign_up(browser, web_server, "Carol", viewport=PHONE)
+    await alice.start_chat(bob, carol, name="Trio")
+    await alice.write("welcome to the trio")
+    for person in (bob, carol):
+        await person.open("Trio, 1 unread")
+        await person.sees("welcome to the trio")
+    await bob.write("thanks")
+    await carol.write("hello both")
+    for person in (alice, bob, carol):
+        await person.sees("thanks")
+        await person.sees("hello both")
+    header = alice.page.locator(".bar h2")
+    await expect(header).to_contain_text("3 members")
+
+
+async def test_a_reload_keeps_history_and_unread_counts(browser: Any, web_server: Server) -> None:
+    alice = await Person.sign_up(browser, web_server, "Alice")
+    bob = await Person.sign_up(browser, web_server, "Bob")
+    await alice.start_chat(bob)
+    for n in range(3):
+        await alice.write(f"before the reload {n}")
+    await expect(bob.page.get_by_role("link", name="Alice, 3 unread")).to_be_visible(timeout=20_000)
+    await bob.page.reload()
+    await bob.live()
+    await expect(bob.page.get_by_role("link", name="Alice, 3 unread")).to_be_visible()
+    await bob.open("Alice, 3 unread")
+    await bob.sees("before the reload", 3)
+    await expect(bob.page.get_by_role("link", name="Alice", exact=True)).to_be_visible()  # read now
+    await alice.page.reload()
+    await alice.live()
+    await alice.open("Bob")
+    await alice.sees("before the reload", 3)
+
+
+async def test_a_tab_cut_off_catches_up_with_no_gap_and_no_duplicate(
+    browser: Any, web_server: Server
+) -> None:
+    alice = await Person.sign_up(browser, web_server, "Alice")
+    bob = await Person.sign_up(browser, web_server, "Bob")
+    cut = {"off": False}
+    sockets: list[Any] = []
+
+    async def through(socket: Any) -> None:
+        if cut["off"]:
+            await socket.close()
+        else:
+            socket.connect_to_server()
+            sockets.append(socket)
+
+    await bob.page.route_web_socket("**/api/v1/ws", through)
+    await bob.page.reload()
+    await bob.live()
+    await alice.start_chat(bob)
+    await alice.write("before the cut")
+    await bob.open("Alice, 1 unread")
+    cut["off"] = True
+    await bob.page.context.set_offline(True)
+    for socket in sockets:
+        await socket.close()
+    await bob.live("Offline")
+    for n in range(3):
+        await alice.write(f"while bob is away {n}")
+    cut["off"] = False
+    await bob.page.context.set_offline(False)
+    await bob.live()
+    for n in range(3):
+        await bob.sees(f"while bob is away {n}", 1)
+    await bob.sees("before the cut", 1)
+    await bob.write("back")
+    await alice.sees("back")
+
+
+async def test_with_websockets_blocked_it_long_polls(browser: Any, web_server: Server) -> None:
+    alice = await Person.sign_up(browser, web_server, "Alice")
+    bob = await Person.sign_up(browser, web_server, "Bob", block_websockets=True)
+    await alice.start_chat(bob)
+    await alice.write("can you hear me?")
+    await bob.open("Alice, 1 unread")
+    await bob.sees("can you hear me?")
+    await bob.write("loud and clear, by long polling")
+    await alice.sees("loud and clear")
+    assert bob.errors == []
+
+
+async def test_a_push_shows_a_notification_whose_click_opens_the_conversation(
+    browser: Any, web_server: Server
+) -> None:
+    alice = await Person.sign_up(browser, web_server, "Alice")
+    bob = await Person.sign_up(browser, web_server, "Bob")
+    page, context = bob.page, bob.page.context
+    await context.grant_permissions(["notifications"], origin=web_server.url)
+    await alice.start_chat(bob)
+    await alice.write("ping")
+    await expect(page.get_by_role("link", name="Alice, 1 unread")).to_be_visible(timeout=20_000)
+    conversation_id = await _conversation_of(web_server, bob, "Alice")
+    cdp = await context.new_cdp_session(page)
+    registrations: list[dict[str, Any]] = []
+    cdp.on("ServiceWorker.workerRegistrationUpdated", lambda e: registrations.extend(e["registrations"]))
+    await cdp.send("ServiceWorker.enable")
+    await page.evaluate("navigator.serviceWorker.ready")
+    await wait_until(lambda: bool(registrations), 10, "the service worker's registration")
+    push = {
+        "type": "message",
+        "conversation_id": conversation_id,
+        "message_id": "1",
+        "sender": {"id": "1", "display_name": "Alice"},
+        "body": "ping",
+    }
+    await cdp.send(
+        "ServiceWorker.deliverPushMessage",
+        {
+            "origin": web_server.url,
+            "registrationId": registrations[0]["registrationId"],
+            "data": json.dumps(push),
+        },
+    )
+    shown = """navigator.serviceWorker.ready
+        .then((registration) => registration.getNotifications())
+        .then((shown) => shown.map((n) => [n.title, n.body, n.tag]))"""
+
+    async def notified() -> bool:
+        return await page.evaluate(shown) == [["Alice", "ping", f"conversation-{conversation_id}"]]
+
+    await wait_until(notified, 10, "the notification")
+    (worker,) = context.service_workers
+    await worker.evaluate(
+        """(async () => {
+            const [notification] = await self.registration.getNotifications()
+            self.dispatchEvent(new NotificationEvent("notificationclick", { notification }))
+        })()"""
+    )
+    await expect(page).to_have_url(f"{web_server.url}/#/c/{conversation_id}", timeout=10_000)
+    await bob.sees("ping")
+
+
+async def _conversation_of(server: Server, person: Person, title: str) -> str:
+    href = await person.page.get_by_role("link", name=title).first.get_attribute("href")
+    assert href and href.startswith("#/c/"), href
+    return href.removeprefix("#/c/")
+
+
+WEB = Path(__file__).resolve().parent.parent / "web"
+FILES = sorted(p.relative_to(WEB).as_posix() for p in WEB.rglob("*") if p.suffix not in ("", ".py", ".pyc"))
+
+
+async def test_the_page_is_strict_small_and_cached_for_a_second_load(web_server: Server) -> None:
+    async with httpx.AsyncClient(base_url=web_server.url) as http:
+        page = await http.get("/")
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+        assert page.headers["cache-control"] == "no-cache"
+        (release,) = set(re.findall(r'"/web/([0-9a-f]+)/', page.text))
+        compressed = 0
+        for path in FILES:
+            r = await http.get(f"/web/{release}/{path}", headers={"Accept-Encoding": "gzip"})
+            assert r.status_code == 200, path
+            assert r.headers["cache-control"] == "public, max-age=31536000, immutable", path
+            assert r.headers["content-encoding"] == "gzip", path
+            compressed += int(r.headers["content-length"])
+        assert (await http.get("/web/not-this-release/app.js")).status_code == 404
+    assert compressed < 150_000, f"the whole client is {compressed} bytes compressed"
+
+
+def test_every_module_of_the_client_is_shipped() -> None:
+    """What app.js imports, and what those import, is all in web/ (so in the wheel)."""
+    seen: set[Path] = set()
+    pending = [WEB / "app.js"]
+    while pending:
+        module = pending.pop()
+        seen.add(module)
+        for line in module.read_text().splitlines():
+            if line.startswith("import ") and " from " in line:
+                target = (module.parent / line.split(" from ")[1].strip(" \"';")).resolve()
+                assert target.is_file(), f"{module.name} imports {target}, which is missing"
+                if target not in seen:
+                    pending.append(target)
+    assert len(seen) > 10
