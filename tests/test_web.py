@@ -94,14 +94,14 @@ class Person:
         if name:
             await page.get_by_label("Group name").fill(name)
         await page.get_by_role("button", name="Create group" if name else "Start chat").click()
-        await expect(page.get_by_label("Message")).to_be_visible()
+        await expect(page.get_by_label("Message", exact=True)).to_be_visible()
 
     async def open(self, title: str) -> None:
         await self.page.get_by_role("link", name=title).first.click()
-        await expect(self.page.get_by_label("Message")).to_be_visible()
+        await expect(self.page.get_by_label("Message", exact=True)).to_be_visible()
 
     async def write(self, text: str) -> None:
-        await self.page.get_by_label("Message").fill(text)
+        await self.page.get_by_label("Message", exact=True).fill(text)
         await self.page.keyboard.press("Enter")
 
     def messages(self, text: str = "") -> Any:
@@ -116,7 +116,7 @@ async def test_two_people_chat_live_and_what_they_write_stays_text(browser: Any,
     bob = await Person.sign_up(browser, web_server, "Bob", viewport=PHONE, color_scheme="dark")
     await alice.start_chat(bob)
     await alice.write(f"hello {XSS} see https://example.com/a?b=c.")
-    await alice.page.get_by_label("Message").fill("two\nlines")
+    await alice.page.get_by_label("Message", exact=True).fill("two\nlines")
     await alice.page.get_by_role("button", name="Send").click()
     await bob.open(f"Alice {XSS}, 2 unread")
     await bob.sees("see https://example.com")
@@ -199,12 +199,16 @@ async def test_a_tab_cut_off_catches_up_with_no_gap_and_no_duplicate(
     await bob.live("Offline")
     for n in range(3):
         await alice.write(f"while bob is away {n}")
+    await bob.write("written while cut off")
+    await expect(bob.page.locator(".message.pending", has_text="written while cut off")).to_have_count(1)
     cut["off"] = False
     await bob.page.context.set_offline(False)
     await bob.live()
     for n in range(3):
         await bob.sees(f"while bob is away {n}", 1)
     await bob.sees("before the cut", 1)
+    await expect(bob.page.locator(".message.pending")).to_have_count(0, timeout=20_000)  # sent once back
+    await alice.sees("written while cut off", 1)
     await bob.write("back")
     await alice.sees("back")
 
@@ -276,6 +280,59 @@ async def _conversation_of(server: Server, person: Person, title: str) -> str:
     href = await person.page.get_by_role("link", name=title).first.get_attribute("href")
     assert href and href.startswith("#/c/"), href
     return href.removeprefix("#/c/")
+
+
+async def test_members_are_added_removed_and_leave(browser: Any, web_server: Server) -> None:
+    alice = await Person.sign_up(browser, web_server, "Alice")
+    bob = await Person.sign_up(browser, web_server, "Bob")
+    carol = await Person.sign_up(browser, web_server, "Carol")
+    await alice.start_chat(bob, name="Club")
+    page = alice.page
+    await page.get_by_role("button", name="Members").click()
+    await page.get_by_label("Search people").fill(carol.username)
+    await page.get_by_role("button", name=f"@{carol.username}").click()
+    members = page.get_by_role("list", name="Members")
+    await expect(members.get_by_role("listitem")).to_have_count(3)
+    await expect(carol.page.get_by_role("link", name="Club")).to_be_visible(timeout=20_000)
+    await members.get_by_role("button", name="Remove Bob").click()
+    await expect(members.get_by_role("listitem")).to_have_count(2)
+    await expect(bob.page.get_by_role("link", name="Club")).to_have_count(0, timeout=20_000)
+    await page.get_by_role("button", name="Done").click()
+    await carol.open("Club")
+    await carol.page.get_by_role("button", name="Members").click()
+    await expect(carol.page.get_by_role("button", name="Remove Alice")).to_have_count(0)  # not the creator
+    await carol.page.get_by_role("button", name="Leave").click()
+    await expect(carol.page.get_by_role("link", name="Club")).to_have_count(0, timeout=20_000)
+    await expect(page.locator(".bar h2")).to_contain_text("1 member", timeout=20_000)
+
+
+async def test_history_loads_as_you_scroll_up_and_typing_shows(browser: Any, web_server: Server) -> None:
+    alice = await Person.sign_up(browser, web_server, "Alice")
+    bob = await Person.sign_up(browser, web_server, "Bob")
+    await alice.start_chat(bob)
+    token = await alice.page.evaluate("JSON.parse(localStorage.getItem('kibitz.session')).token")
+    cid = await _conversation_of(web_server, alice, "Bob")
+    async with httpx.AsyncClient(
+        base_url=web_server.api, headers={"Authorization": f"Bearer {token}"}
+    ) as http:
+        for n in range(120):
+            body = {"body": f"old news {n:03d}", "client_msg_id": f"old-{n}"}
+            assert (await http.post(f"/conversations/{cid}/messages", json=body)).status_code == 201
+    await bob.open("Alice, 120 unread")
+    await expect(bob.messages("old news 119")).to_be_visible()
+    assert await bob.messages("old news").count() < 120  # the newest page only
+
+    async def all_loaded() -> bool:
+        await bob.page.locator(".messages").evaluate("list => { list.scrollTop = 0 }")
+        return await bob.messages("old news").count() == 120
+
+    await wait_until(all_loaded, 20, "the older pages to load")
+    await expect(bob.page.locator(".older")).to_have_text("The start of the conversation")
+    await alice.page.get_by_label("Message", exact=True).fill("I am typing")
+    await expect(bob.page.locator(".typing")).to_have_text("Alice is typing…", timeout=10_000)
+    await alice.page.keyboard.press("Enter")
+    await bob.sees("I am typing")
+    await expect(bob.page.locator(".typing")).to_have_text("")
 
 
 WEB = Path(__file__).resolve().parent.parent / "web"

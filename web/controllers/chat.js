@@ -3,7 +3,7 @@
 // composer (Enter sends, Shift+Enter starts a new line).
 
 import { announce, h, replace } from "../dom.js"
-import { avatar, clock, dayHeading, dayKey, linkify, title } from "../models/format.js"
+import { avatar, clock, dayHeading, dayKey, linkify, members, title } from "../models/format.js"
 
 const RUN_MS = 5 * 60 * 1000 // one sender's messages closer than this share a heading
 const NEAR_BOTTOM_PX = 80
@@ -13,7 +13,9 @@ export default class Chat {
   #conversation = null
   #history = null
   #firstUnread = null // the id of the oldest message that was unread when the conversation opened
-  #list = h("div", { class: "messages", role: "log", "aria-live": "polite", "aria-relevant": "additions", tabindex: "0" })
+  // Drawn anew on each change, so not a live region itself: new messages are announced
+  // through the page's announcer instead.
+  #list = h("div", { class: "messages", role: "region", "aria-label": "Messages", tabindex: "0" })
   #top = h("div", { class: "older" })
   #typing = h("div", { class: "typing", "aria-live": "polite" })
   #input = h("textarea", { rows: 1, placeholder: "Write a message", "aria-label": "Message", maxlength: 4000 })
@@ -86,11 +88,12 @@ export default class Chat {
   }
 
   header() {
-    const c = this.#conversation
-    if (!c) return
+    if (!this.#conversation) return
+    const c = this.#app.conversations.get(this.#conversation.id) ?? this.#conversation // the latest view
+    this.#conversation = c
     const app = this.#app
     const name = title(c, app.session.user, app.users)
-    const sub = c.type === "group" ? `${c.members.length} members` : "Direct messages"
+    const sub = c.type === "group" ? members(c.members.length) : "Direct messages"
     replace(this.#title, name, h("span", { class: "sub" }, sub))
     this.#membersButton.hidden = c.type !== "group"
     document.title = `${name} · Kibitz`

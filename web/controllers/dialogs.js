@@ -1,5 +1,5 @@
-// Dialogs: starting a conversation (one person: a direct chat; several and a name: a
-// group), and a group's members (add, remove if you made it, leave).
+// Dialogs: starting a conversation (one person and no name: a direct chat; a name, or
+// several people: a group), and a group's members (add, remove if you made it, leave).
 
 import { h, replace } from "../dom.js"
 import { avatar } from "../models/format.js"
@@ -38,7 +38,7 @@ function peoplePicker(app, { exclude = () => false, onPick }) {
 export function newConversation(app) {
   const chosen = new Map()
   const chips = h("div", { class: "chips", "aria-label": "Chosen" })
-  const name = h("input", { class: "input", placeholder: "Group name", "aria-label": "Group name", maxlength: 128, hidden: true })
+  const name = h("input", { class: "input", placeholder: "Group name (leave empty for a direct chat)", "aria-label": "Group name", maxlength: 128 })
   const error = h("p", { class: "error", role: "alert" })
   const start = h("button", { class: "button primary", type: "submit", disabled: true }, "Start chat")
   const picker = peoplePicker(app, {
@@ -49,26 +49,27 @@ export function newConversation(app) {
   function update() {
     replace(chips, [...chosen.values()].map((u) =>
       h("button", { class: "chip", type: "button", "aria-label": `Remove ${u.display_name}`, onclick: () => { chosen.delete(u.id); update() } }, `${u.display_name} ×`)))
-    name.hidden = chosen.size < 2
     start.disabled = chosen.size === 0
-    start.textContent = chosen.size > 1 ? "Create group" : "Start chat"
+    start.textContent = chosen.size > 1 || name.value.trim() ? "Create group" : "Start chat"
     picker.refresh()
     picker.input.focus()
   }
+  name.addEventListener("input", () => { start.textContent = chosen.size > 1 || name.value.trim() ? "Create group" : "Start chat" })
 
   async function create(event) {
     event.preventDefault()
     const members = [...chosen.keys()]
-    if (members.length > 1 && !name.value.trim()) {
+    const group = members.length > 1 || Boolean(name.value.trim())
+    if (group && !name.value.trim()) {
       error.textContent = "Give the group a name."
       name.focus()
       return
     }
     start.disabled = true
     try {
-      const body = members.length === 1
-        ? await app.api.post("/conversations", { type: "direct", members })
-        : await app.api.post("/conversations", { type: "group", name: name.value.trim(), members })
+      const body = group
+        ? await app.api.post("/conversations", { type: "group", name: name.value.trim(), members })
+        : await app.api.post("/conversations", { type: "direct", members })
       element.close()
       app.adopt(body.conversation)
     } catch (failure) {
@@ -79,7 +80,7 @@ export function newConversation(app) {
 
   const element = dialog(
     h("h2", {}, "New conversation"),
-    h("p", { class: "hint" }, "Pick one person for a direct chat, or several for a group."),
+    h("p", { class: "hint" }, "Pick one person for a direct chat; name it, or pick several, for a group."),
     picker.input, chips, picker.results, name, error,
     h("form", { class: "row", onsubmit: create },
       h("button", { class: "button", type: "button", onclick: () => element.close() }, "Cancel"),

@@ -2,7 +2,7 @@
 // search, and the conversations by recent activity with their unread counts.
 
 import { h, replace } from "../dom.js"
-import { avatar, title, when } from "../models/format.js"
+import { avatar, members, title, when } from "../models/format.js"
 
 const STATES = {
   connecting: "Connecting…",
@@ -83,7 +83,7 @@ export default class Sidebar {
     const name = title(conversation, me, app.users)
     const last = conversation.last_message
     const other = conversation.type === "direct" ? app.users.cached(conversation.members.find((id) => id !== me.id)) : null
-    let preview = conversation.type === "group" ? `${conversation.members.length} members` : "No messages yet"
+    let preview = conversation.type === "group" ? members(conversation.members.length) : "No messages yet"
     if (last) {
       const who = last.sender_id === me.id ? "You" : conversation.type === "group" ? app.users.cached(last.sender_id)?.display_name : null
       preview = who ? `${who}: ${last.body}` : last.body

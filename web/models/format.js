@@ -12,6 +12,8 @@ const DAY_MS = 86_400_000
 
 export const clock = (iso) => time.format(new Date(iso))
 
+export const members = (count) => `${count} member${count === 1 ? "" : "s"}`
+
 export function dayKey(iso) {
   const d = new Date(iso)
   return `${d.getFullYear()}-${d.getMonth()}-${d.getDate()}`
