@@ -28,8 +28,9 @@ class Connection:
         self._writer: asyncio.StreamWriter | None = None
 
     async def connect(self) -> None:
-        """Open the connection now (else the first request does)."""
-        if self._writer is None or self._writer.is_closing():
+        """Open the connection now (else the first request does), or again if the server
+        closed it meanwhile (it closes idle ones)."""
+        if self._writer is None or self._writer.is_closing() or (self._reader and self._reader.at_eof()):
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
 
     async def get(self, path: str, token: str, params: dict[str, object] | None = None) -> tuple[int, bytes]:

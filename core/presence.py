@@ -3,10 +3,10 @@
 A device is live from its WebSocket's ``ready`` until that connection closes, and while
 a long poll of it is in flight (PROTOCOL.md). This instance counts each user's live
 connections; the first marks the user live in the transport, where every instance can
-read it, before the connection is told it is live. ``OFFLINE_GRACE`` seconds after the
-last one ended the mark is taken back, unless another came meanwhile: a long-polling
-client is between two polls most of the time, and a page reload should not notify.
-Marks of one user are made in order, one after the other.
+read it, before the connection is told it is live. When the last one ends the mark is
+taken back: at once after a WebSocket, ``POLL_GRACE`` seconds after a long poll unless
+another came meanwhile (a long-polling client asks again the moment it is answered, so
+between two polls it is live for every purpose). Marks of one user are made in order.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .tasks import Tasks
 
 log = logging.getLogger("kibitz.presence")
 
-OFFLINE_GRACE = 2.0
+POLL_GRACE = 2.0
 
 
 class Presence:
@@ -43,13 +43,16 @@ class Presence:
         if marking is not None:
             await asyncio.wait((marking,))
 
-    def left(self, user_id: int) -> None:
-        """A live connection of the user ended."""
+    def left(self, user_id: int, grace: float = 0.0) -> None:
+        """A live connection of the user ended; with ``grace``, the mark outlives it that long."""
         self._live[user_id] -= 1
-        if not self._live[user_id]:
-            del self._live[user_id]
-            loop = asyncio.get_running_loop()
-            self._leaving[user_id] = loop.call_later(OFFLINE_GRACE, self._gone, user_id)
+        if self._live[user_id]:
+            return
+        del self._live[user_id]
+        if grace:
+            self._leaving[user_id] = asyncio.get_running_loop().call_later(grace, self._gone, user_id)
+        else:
+            self._mark(user_id, False)
 
     def _gone(self, user_id: int) -> None:
         del self._leaving[user_id]

@@ -93,7 +93,7 @@ class App {
     connection.addEventListener("ready", () => this.#flush())
     connection.addEventListener("event", (e) => this.#event(e.detail))
     connection.addEventListener("typing", (e) => e.detail.user_id !== this.session.user.id && this.typing.saw(e.detail.conversation_id, e.detail.user_id))
-    connection.addEventListener("sent", (e) => this.#sent(e.detail.message))
+    connection.addEventListener("sent", (e) => this.#message(e.detail.message))
     connection.addEventListener("send-error", (e) => this.#sendFailed(e.detail))
     connection.addEventListener("expired", () => this.#load().catch(() => {}))
     connection.addEventListener("unauthorized", () => this.signedOut("You were signed out. Log in again."))
@@ -190,7 +190,7 @@ class App {
     if (this.#connection?.send(frame)) return
     try {
       const { message } = await this.api.post(`/conversations/${item.conversation_id}/messages`, { body: item.body, client_msg_id: item.client_msg_id })
-      this.#sent(message)
+      this.#message(message)
     } catch (error) {
       if (!error.retryable) this.outbox.failed(item.client_msg_id, error.message)
       else setTimeout(() => this.outbox.get(item.client_msg_id) && !this.outbox.get(item.client_msg_id).failed && this.#deliver(item), RETRY_SEND_MS)
@@ -200,10 +200,6 @@ class App {
   #flush() {
     for (const item of this.outbox.waiting()) this.#deliver(item)
     if (this.openId) this.#chat.render()
-  }
-
-  #sent(message) {
-    this.#message(message)
   }
 
   #sendFailed(frame) {

@@ -47,20 +47,20 @@ class PollAgent:
             raise RuntimeError(f"/sync answered {status}: {body[:200]!r}")
         return now, body
 
-    async def connect(self) -> None:
-        """Open every poll's connection, a few at a time: thousands of SYNs at once overflow the
-        server's listen backlog, and the retried ones arrive seconds later."""
+    async def arm(self) -> None:
+        """Send every poll. Connections open a few at a time (the first round, or where the
+        server closed one): thousands of SYNs at once overflow the server's listen backlog,
+        and the retried ones arrive seconds later. They are not opened ahead: the server
+        closes a connection that sends nothing for 10 s."""
         gate = asyncio.Semaphore(CONNECTS_AT_ONCE)
 
-        async def one(connection: rawhttp.Connection) -> None:
+        async def start(poll: dict[str, str], connection: rawhttp.Connection) -> tuple[float, bytes]:
             async with gate:
                 await connection.connect()
+            return await self._poll(poll, connection)
 
-        await asyncio.gather(*(one(c) for c in self.connections))
-
-    async def arm(self) -> None:
         self.tasks = [
-            asyncio.create_task(self._poll(p, c)) for p, c in zip(self.polls, self.connections, strict=True)
+            asyncio.create_task(start(p, c)) for p, c in zip(self.polls, self.connections, strict=True)
         ]
 
     async def collect(self, tag: str, wait: float) -> dict[str, Any]:
@@ -138,7 +138,6 @@ def run_scenario(ctx: Context) -> dict[str, Any]:
     rounds: list[dict[str, Any]] = []
     profiled: dict[str, Any] = {}
     with Pool("bench.scenarios.long_poll:PollAgent", configs) as pool:
-        pool.call("connect", timeout=120)
         for number in range(sizes.longpoll_rounds):
             tag = f"lp{number}"
             began = time.monotonic()

@@ -18,6 +18,7 @@ from sanic.response import HTTPResponse
 from ..api import PREFIX, authenticate, int_query, json, query
 from ..errors import CursorExpired, CursorGone, InvalidRequest, Unauthorized
 from ..models import User
+from ..presence import POLL_GRACE
 
 if TYPE_CHECKING:
     from ..app import Kibitz
@@ -82,7 +83,7 @@ async def sync(request: Request) -> HTTPResponse:
     finally:
         if poll is not None:
             kibitz.hub.end_poll(user.id, poll)
-            kibitz.presence.left(user.id)
+            kibitz.presence.left(user.id, POLL_GRACE)
     if poll is not None and poll.revoked:  # the device logged out while its poll was held
         raise Unauthorized("the token was revoked")
     return _answer(kibitz, user, backlog)

@@ -29,9 +29,6 @@ export default class Connection extends EventTarget {
     window.addEventListener("online", () => this.#retryNow())
   }
 
-  get state() { return this.#state }
-  get live() { return this.#state === "live" || this.#state === "polling" }
-
   // Start from `cursor` (taken before the app loaded what it shows), or reconnect with it.
   start(cursor) {
     this.#cursor = cursor

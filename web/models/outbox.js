@@ -57,8 +57,6 @@ export default class Outbox extends EventTarget {
     return item
   }
 
-  discard(clientMsgId) { this.done(clientMsgId) }
-
   #changed(conversationId) {
     localStorage.setItem(this.key, JSON.stringify([...this.#items.values()]))
     this.dispatchEvent(new CustomEvent("change", { detail: conversationId }))
