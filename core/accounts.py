@@ -7,7 +7,6 @@ is stored, so a leaked database holds no usable token.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 
@@ -16,7 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .database import devices, users
-from .errors import InvalidRequest, NotFound, RegistrationClosed, UsernameTaken
+from .errors import Forbidden, InvalidRequest, NotFound, RegistrationClosed, UsernameTaken
+from .invitations import redeem, secret_hash
 from .models import Device, User, now_ms, rfc3339
 from .passwords import PasswordWork
 
@@ -26,12 +26,23 @@ MAX_PASSWORD = 1024
 MAX_DISPLAY_NAME = 64
 
 
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def _user(row: sa.Row) -> User:
     return User(id=row.id, username=row.username, display_name=row.display_name)
+
+
+def _checked(username: str, password: str, display_name: str | None) -> tuple[str, str]:
+    """The username and display name to store; 400 when any of the three breaks the rules."""
+    name = normalize_username(username)
+    _check_password(password)
+    shown = (name if display_name is None else display_name).strip()
+    if not 1 <= len(shown) <= MAX_DISPLAY_NAME:
+        raise InvalidRequest(f"display_name: 1 to {MAX_DISPLAY_NAME} characters")
+    return name, shown
+
+
+def _check_password(password: str) -> None:
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise InvalidRequest(f"password: {MIN_PASSWORD} to {MAX_PASSWORD} characters")
 
 
 def normalize_username(value: str) -> str:
@@ -47,36 +58,61 @@ class Accounts:
         self.registration = registration
         self.passwords = PasswordWork()
 
-    async def sign_up(self, username: str, password: str, display_name: str | None, address: str) -> User:
-        """A new account; ``address`` is the client's, whose turn the hashing waits for."""
-        name = normalize_username(username)
-        if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
-            raise InvalidRequest(f"password: {MIN_PASSWORD} to {MAX_PASSWORD} characters")
-        if display_name is None:
-            display_name = name
-        if not 1 <= len(display_name.strip()) <= MAX_DISPLAY_NAME:
-            raise InvalidRequest(f"display_name: 1 to {MAX_DISPLAY_NAME} characters")
+    async def sign_up(
+        self, username: str, password: str, display_name: str | None, address: str, invitation: str | None
+    ) -> User:
+        """A new account made through the API, as ``registration`` allows.
+
+        ``address`` is the client's, whose turn the hashing waits for. With
+        ``registration = "invite"`` the sign-up uses up one use of ``invitation``.
+        """
+        name, shown = _checked(username, password, display_name)
         if self.registration == "closed":
             raise RegistrationClosed("registration is closed on this server")
+        if self.registration == "invite" and not invitation:
+            raise RegistrationClosed("this server signs people up by invitation: give an invitation code")
+        code = invitation if self.registration == "invite" else None
+        return await self._insert(name, password, shown, address, admin=False, invitation=code)
+
+    async def create(self, username: str, password: str, display_name: str | None, admin: bool) -> User:
+        """A new account made by the operator, whatever ``registration`` says."""
+        name, shown = _checked(username, password, display_name)
+        return await self._insert(name, password, shown, "operator", admin=admin, invitation=None)
+
+    async def new_password_hash(self, password: str) -> str:
+        """The hash to store for a password the operator sets; 400 when it breaks the rules."""
+        _check_password(password)
+        return await self.passwords.hash("operator", password)
+
+    async def _insert(
+        self, name: str, password: str, display_name: str, address: str, admin: bool, invitation: str | None
+    ) -> User:
         hashed = await self.passwords.hash(address, password)
         try:
             async with self.engine.begin() as db:
+                if invitation is not None and not await redeem(db, invitation):
+                    raise RegistrationClosed("that invitation code is unknown, used up, expired or revoked")
                 result = await db.execute(
                     users.insert().values(
                         username=name,
-                        display_name=display_name.strip(),
+                        display_name=display_name,
                         password_hash=hashed,
                         created_ms=now_ms(),
+                        admin=admin,
                     )
                 )
         except IntegrityError:
             raise UsernameTaken(f"the username {name!r} is taken") from None
-        return User(id=result.inserted_primary_key[0], username=name, display_name=display_name.strip())
+        return User(id=result.inserted_primary_key[0], username=name, display_name=display_name)
 
     async def log_in(
         self, username: str, password: str, device_name: str, address: str
     ) -> tuple[str, Device, User] | None:
-        """A new device and its token, or None when the username or password is wrong."""
+        """A new device and its token, or None when the username or password is wrong.
+
+        A disabled account with the right password gets 403. The user's row is locked
+        while the device is made, so a ``kibitz user disable`` cannot miss it.
+        """
         async with self.engine.connect() as db:
             row = (await db.execute(sa.select(users).where(users.c.username == username))).first()
         ok = await self.passwords.verify(address, row.password_hash if row else None, password)
@@ -85,9 +121,12 @@ class Accounts:
         token = secrets.token_urlsafe(32)
         created = now_ms()
         async with self.engine.begin() as db:
+            locked = sa.select(users.c.disabled_ms).where(users.c.id == row.id).with_for_update(read=True)
+            if (await db.execute(locked)).scalar() is not None:
+                raise Forbidden("this account is disabled; ask whoever runs this server")
             result = await db.execute(
                 devices.insert().values(
-                    user_id=row.id, name=device_name, token_hash=token_hash(token), created_ms=created
+                    user_id=row.id, name=device_name, token_hash=secret_hash(token), created_ms=created
                 )
             )
         device = Device(
@@ -107,7 +146,7 @@ class Accounts:
                 devices.c.created_ms,
             )
             .join(devices, devices.c.user_id == users.c.id)
-            .where(devices.c.token_hash == token_hash(token))
+            .where(devices.c.token_hash == secret_hash(token))
         )
         async with self.engine.connect() as db:
             row = (await db.execute(query)).first()
@@ -142,7 +181,7 @@ class Accounts:
         escaped = prefix.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         query = (
             sa.select(users)
-            .where(users.c.username.like(escaped + "%", escape="\\"))
+            .where(users.c.username.like(escaped + "%", escape="\\"), users.c.disabled_ms.is_(None))
             .order_by(users.c.username)
             .limit(limit)
         )

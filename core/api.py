@@ -16,6 +16,7 @@ from sanic.response import HTTPResponse, empty, raw
 from .accounts import normalize_username
 from .conversations import MAX_NAME
 from .errors import InvalidRequest, RateLimited, Unauthorized
+from .hub import REVOKE_SIGNAL
 from .inputs import (
     LogIn,
     NewConversation,
@@ -96,7 +97,7 @@ async def authenticate(request: Request) -> tuple[User, Device]:
 async def sign_up(request: Request) -> HTTPResponse:
     body = decode(request.body, SignUp)
     user = await request.app.ctx.kibitz.accounts.sign_up(
-        body.username, body.password, body.display_name, client_address(request)
+        body.username, body.password, body.display_name, client_address(request), body.invitation
     )
     return json({"user": user.to_dict()}, 201)
 
@@ -125,7 +126,7 @@ async def log_out(request: Request) -> HTTPResponse:
     kibitz = request.app.ctx.kibitz
     user, device = await authenticate(request)
     await kibitz.accounts.log_out(device)
-    await kibitz.transport.signal([user.id], b"!revoke %d" % device.id)
+    await kibitz.transport.signal([user.id], REVOKE_SIGNAL + b"%d" % device.id)
     return empty(204)
 
 

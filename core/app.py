@@ -22,6 +22,7 @@ from sanic import Sanic
 
 from . import api, operations, push, web_client
 from .accounts import Accounts
+from .admin import Admin, AdminSocket
 from .clients import Clients
 from .conversations import Conversations
 from .cursors import Cursors, load_cursor_key
@@ -82,6 +83,8 @@ class Kibitz:
         self.clients = Clients(
             settings.trusted_proxies, settings.max_connections_per_address if settings.rate_limits else None
         )
+        self.admin = Admin(self)  # the operator's actions (kibitz user ..., kibitz invite ...)
+        self.admin_socket = AdminSocket(self.admin, self.data_dir)
         self.cursors = Cursors(b"")
         self.ready = False
         self.stopping = asyncio.Event()
@@ -126,6 +129,8 @@ class Kibitz:
         self.follower.start()
         if self.notifiers:
             self.notifications.start()
+        self._starting = "admin socket"
+        await self.admin_socket.start()
 
     async def drain(self) -> None:
         """Stop taking live connections and let the ones open go (they resume elsewhere)."""
@@ -138,6 +143,7 @@ class Kibitz:
         await call_each(self.pm, "shutdown", app=self)
 
     async def stop(self) -> None:
+        await self.admin_socket.close()
         self.presence.close()
         await self.tasks.wait()  # what closing connections started after the drain
         await self.notifications.stop()

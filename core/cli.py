@@ -1,4 +1,5 @@
-"""The ``kibitz`` command: ``serve`` and ``plugins``, both reading the same configuration."""
+"""The ``kibitz`` command: ``serve``, ``plugins`` and the operator's commands, all reading
+the same configuration."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from importlib.metadata import version
 from typing import TYPE_CHECKING
 
-from . import logs
+from . import admin_cli, logs
 from .datadir import DataFolderError, lock_data_folder
 from .errors import ConfigError
 from .http_protocol import KibitzProtocol
@@ -53,14 +54,18 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands.add_parser("plugins", parents=[config], help="list the installed plugins and which are active")
+    admin_cli.add_commands(commands, config)
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
-        logs.configure(settings.log_level)
+        # The operator's commands print what they did; their log lines are for trouble only.
+        logs.configure(settings.log_level if args.command == "serve" else "WARNING")
         for warning in settings.warnings:
             logging.getLogger("kibitz").warning("unknown_setting", extra={"problem": warning})
         if args.command == "plugins":
             return plugins(settings)
+        if args.command != "serve":
+            return admin_cli.run(args, settings)
         return serve(settings)
     except ConfigError as e:
         print(f"kibitz: configuration error: {e}", file=sys.stderr)
@@ -103,7 +108,11 @@ async def _say_where(app: Sanic) -> None:
     settings = app.ctx.kibitz.settings
     listening = f"http://{settings.host}:{settings.port}"
     public = f" (clients use {settings.url})" if settings.url != listening else ""
-    signing_up = {"open": "anyone can sign up", "closed": "sign-up is closed"}[settings.registration]
+    signing_up = {
+        "open": "anyone can sign up",
+        "invite": "sign-up needs an invitation (kibitz invite create)",
+        "closed": "sign-up is closed",
+    }[settings.registration]
     print(
         f"Kibitz is listening on {listening}{public}; {signing_up}; data in {settings.data_dir.absolute()}. "
         "Ctrl-C stops it.",

@@ -220,12 +220,27 @@ class Conversations:
             raise Forbidden("only the creator may remove other members")
         if user_id not in conversation.members:
             raise NotFound("that user is not a member")
+        await self._remove(conversation, user_id, heir=False)
+
+    async def remove_deleted_user(self, conversation: Conversation, user_id: int) -> None:
+        """Take a deleted account out of a group; if it made the group, the longest-standing
+        member left takes its place as creator (else nobody could remove members again)."""
+        await self._remove(conversation, user_id, heir=conversation.creator_id == user_id)
+
+    async def _remove(self, conversation: Conversation, user_id: int, heir: bool) -> None:
+        where = members.c.conversation_id == conversation.id
         async with self.engine.begin() as db:
-            await db.execute(
-                members.delete().where(
-                    members.c.conversation_id == conversation.id, members.c.user_id == user_id
-                )
-            )
+            await db.execute(members.delete().where(where, members.c.user_id == user_id))
+            if heir:
+                first = sa.select(members.c.user_id).where(where)
+                first = first.order_by(members.c.joined_ms, members.c.user_id).limit(1)
+                new_creator = (await db.execute(first)).scalar()
+                if new_creator is not None:
+                    await db.execute(
+                        conversations.update()
+                        .where(conversations.c.id == conversation.id)
+                        .values(creator_id=new_creator)
+                    )
         self.forget(conversation.id)
         changed = await self.get(conversation.id)
         assert changed is not None

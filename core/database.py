@@ -16,6 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -31,6 +33,10 @@ users = sa.Table(
     sa.Column("display_name", sa.String(64), nullable=False),
     sa.Column("password_hash", sa.String(255), nullable=False),
     sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("disabled_ms", sa.BigInteger, nullable=True),  # set: cannot log in, has no devices
+    # Deleted users stay as a row (their messages name them) with no name, devices or memberships.
+    sa.Column("deleted_ms", sa.BigInteger, nullable=True),
 )
 
 devices = sa.Table(
@@ -96,6 +102,19 @@ push_subscriptions = sa.Table(
     sa.Column("created_ms", sa.BigInteger, nullable=False),
 )
 
+# Sign-up codes for ``registration = "invite"``; only the code's SHA-256 is kept.
+invitations = sa.Table(
+    "invitations",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("code_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("uses_allowed", sa.Integer, nullable=False),
+    sa.Column("uses", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("expires_ms", sa.BigInteger, nullable=True),
+    sa.Column("revoked_ms", sa.BigInteger, nullable=True),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+)
+
 
 def create_engine(url: str) -> AsyncEngine:
     """An async engine; for SQLite, WAL and fsync on every commit."""
@@ -141,15 +160,32 @@ async def shared_secret(engine: AsyncEngine, name: str, make: Callable[[], str])
         return made
 
 
-async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest migration (run at every start; a no-op when current)."""
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer Kibitz than this one; nothing was changed."""
 
-    def upgrade(connection: sa.Connection) -> None:
+
+async def migrate(engine: AsyncEngine) -> tuple[str | None, str]:
+    """Bring the schema to the newest migration (run at every start; a no-op when current).
+
+    Returns the schema revision before and after. A database whose revision this Kibitz
+    does not know (a newer Kibitz migrated it) raises ``SchemaTooNew`` and is left alone.
+    """
+
+    def upgrade(connection: sa.Connection) -> tuple[str | None, str]:
         config = _alembic_config()
         config.attributes["connection"] = connection
+        script = ScriptDirectory.from_config(config)
+        before = MigrationContext.configure(connection).get_current_revision()
+        if before is not None and before not in {r.revision for r in script.walk_revisions()}:
+            raise SchemaTooNew(
+                f"the database's schema is {before}, made by a newer Kibitz; this one knows schemas up "
+                f"to {script.get_current_head()}: run the newer Kibitz, or restore a backup made before "
+                "the upgrade"
+            )
         command.upgrade(config, "head")
+        return before, str(script.get_current_head())
 
     async with engine.begin() as connection:
         if connection.dialect.name == "postgresql":  # instances starting together migrate one at a time
             await connection.execute(sa.text("SELECT pg_advisory_xact_lock(7160425)"))
-        await connection.run_sync(upgrade)
+        return await connection.run_sync(upgrade)

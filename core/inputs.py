@@ -42,6 +42,7 @@ class SignUp(msgspec.Struct):
     username: str
     password: str
     display_name: str | None = None
+    invitation: str | None = None  # extension: the code that ``registration = "invite"`` asks for
 
 
 class LogIn(msgspec.Struct):

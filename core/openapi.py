@@ -127,7 +127,7 @@ def openapi_document() -> dict[str, Any]:
                     device=_ref("Device"),
                     user=_ref("User"),
                 ),
-                [400, 401, 429],
+                [400, 401, 403, 429],
                 _ref("LogIn"),
                 auth=False,
             )
@@ -295,6 +295,7 @@ def openapi_document() -> dict[str, Any]:
                         ),
                     },
                     recommended={"type": "string"},
+                    registration={"type": "string", "enum": ["open", "invite", "closed"]},
                 ),
                 [],
                 auth=False,

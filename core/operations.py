@@ -100,7 +100,7 @@ def register(app: Sanic, kibitz: Kibitz) -> None:
 
     async def discovery(request: Request) -> HTTPResponse:
         me = {"id": kibitz.instance_id, "url": kibitz.settings.url, "connections": kibitz.hub.count}
-        return json({"servers": [me], "recommended": me["url"]})
+        return json({"servers": [me], "recommended": me["url"], "registration": kibitz.settings.registration})
 
     document = orjson.dumps(openapi_document())
 

@@ -25,7 +25,7 @@ from typing import Any
 from .errors import ConfigError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-REGISTRATION_MODES = ("open", "closed")
+REGISTRATION_MODES = ("open", "invite", "closed")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Async drivers for the database URLs operators write without one.
 ASYNC_DRIVERS = {
@@ -89,7 +89,7 @@ class PluginSettings(Mapping[str, Any]):
         return _integer(self.source(key), self.get(key, default), minimum)
 
     def duration(self, key: str, default: float) -> float:
-        return _duration(self.source(key), self.get(key, default))
+        return parse_duration(self.source(key), self.get(key, default))
 
     def size(self, key: str, default: int) -> int:
         return _size(self.source(key), self.get(key, default))
@@ -192,7 +192,7 @@ def load_settings(config: str | None = None, environ: Mapping[str, str] | None =
     values["max_message_chars"] = _integer(*get("max_message_chars", d.max_message_chars), 1)
     values["max_frame_bytes"] = _integer(*get("max_frame_bytes", d.max_frame_bytes), 1024)
     source, interval = get("ping_interval", d.ping_interval)
-    values["ping_interval"] = _duration(source, interval)
+    values["ping_interval"] = parse_duration(source, interval)
     if values["ping_interval"] < 1:
         raise ConfigError(f"{source}={interval!r}: must be at least 1s")
     for key in ("notify", "plugins"):
@@ -291,7 +291,7 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZE_UNITS = {"b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
 
 
-def _duration(source: str, value: Any) -> float:
+def parse_duration(source: str, value: Any) -> float:
     """``90``, ``"90s"``, ``"15m"``, ``"12h"`` or ``"30d"`` as seconds."""
     text = str(value).strip().lower()
     unit = _DURATION_UNITS.get(text[-1:], 0)

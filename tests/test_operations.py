@@ -141,6 +141,7 @@ async def test_discovery_shape(client: Client) -> None:
     urls = [s["url"] for s in body["servers"]]
     assert client.server.url in urls, (client.server.url, urls)  # KIBITZ_PUBLIC_URL
     assert body["recommended"] in urls, body
+    assert body["registration"] == "open", body  # the session server's; clients show sign-up as it says
 
 
 async def test_discovery_counts_open_websockets_and_long_polls(client: Client) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import re
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .kibitz_client import PASSWORD, Server, make_server, wait_until
+from .kibitz_client import KIBITZ, PASSWORD, Server, make_server, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -333,6 +334,44 @@ async def test_history_loads_as_you_scroll_up_and_typing_shows(browser: Any, web
     await alice.page.keyboard.press("Enter")
     await bob.sees("I am typing")
     await expect(bob.page.locator(".typing")).to_have_text("")
+
+
+async def test_an_invitation_link_opens_sign_up_with_its_code(
+    browser: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    server = make_server(tmp_path_factory.mktemp("invite") / "data", KIBITZ_REGISTRATION="invite")
+    await asyncio.to_thread(server.start)
+    try:
+        made = await asyncio.to_thread(
+            subprocess.run, [KIBITZ, "invite", "create"], env=server.env, capture_output=True, text=True
+        )
+        link = re.search(r"Link to sign up: (\S+)", made.stdout)
+        assert link is not None, made.stdout + made.stderr
+        context = await browser.new_context(viewport=PHONE)
+        person = Person(await context.new_page(), "p" + uuid.uuid4().hex[:10], "Invited")
+        page = person.page
+        await page.goto(link[1])
+        code = page.get_by_label("Invitation code")
+        await expect(code).to_have_value(link[1].rpartition("=")[2])
+        assert "invite" not in page.url  # the code is taken out of the address bar
+        await page.get_by_label("Username").fill(person.username)
+        await page.get_by_label("Password (at least 8 characters)").fill(PASSWORD)
+        await page.get_by_role("button", name="Create account").click()
+        await person.live()
+
+        await context.clear_cookies()
+        await page.evaluate("localStorage.clear()")
+        await page.goto(server.url)  # a used code, typed in by hand
+        await page.get_by_role("tab", name="Sign up").click()
+        await page.get_by_label("Username").fill("p" + uuid.uuid4().hex[:10])
+        await page.get_by_label("Password (at least 8 characters)").fill(PASSWORD)
+        await code.fill(link[1].rpartition("=")[2])
+        await page.get_by_role("button", name="Create account").click()
+        await expect(page.get_by_role("alert")).to_contain_text("invitation code does not work")
+        assert person.errors == []
+        await context.close()
+    finally:
+        await asyncio.to_thread(server.stop)
 
 
 WEB = Path(__file__).resolve().parent.parent / "web"

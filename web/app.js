@@ -34,17 +34,18 @@ class App {
 
   start() {
     const session = Session.load()
+    const invitation = takeInvitation()
     if (session) this.enter(session)
-    else this.#auth()
+    else this.#auth("", invitation)
     window.addEventListener("hashchange", () => this.route())
     navigator.serviceWorker?.addEventListener("message", (e) => {
       if (e.data?.type === "open" && e.data.conversation_id) location.hash = `#/c/${e.data.conversation_id}`
     })
   }
 
-  #auth(notice = "") {
+  #auth(notice = "", invitation = "") {
     document.title = "Kibitz"
-    showAuth(this.root, this.api, { onSession: (session) => this.enter(session), notice })
+    showAuth(this.root, this.api, { onSession: (session) => this.enter(session), notice, invitation })
   }
 
   get openId() { return this.#chat?.openId ?? null }
@@ -258,6 +259,15 @@ class App {
     location.hash = ""
     this.#auth(notice)
   }
+}
+
+// The code of an invitation link (#invite=CODE), taken out of the address bar so that it
+// is neither bookmarked nor left in the history.
+function takeInvitation() {
+  const found = /^#invite=([\w-]+)$/.exec(location.hash)
+  if (!found) return ""
+  history.replaceState(null, "", location.pathname + location.search)
+  return found[1]
 }
 
 new App().start()

@@ -10,14 +10,19 @@ const SAY = {
   rate_limited: "Too many tries. Wait a minute, then try again.",
   offline: "Kibitz cannot be reached. Check your connection.",
 }
+const INVITATION_REFUSED = "That invitation code does not work: it may be used up, expired or revoked. Ask for a new one."
 
-export default function showAuth(root, api, { onSession, notice = "" }) {
+// `invitation`: a code from an invitation link (#invite=CODE), which opens the sign-up tab.
+export default function showAuth(root, api, { onSession, notice = "", invitation = "" }) {
   let mode = "login"
+  let registration = "open"
   const error = h("p", { class: "error", role: "alert" }, notice)
   const username = h("input", { class: "input", name: "username", autocomplete: "username", required: true, minlength: 3, maxlength: 32, autocapitalize: "none", spellcheck: "false" })
   const password = h("input", { class: "input", name: "password", type: "password", autocomplete: "current-password", required: true, minlength: 8 })
   const displayName = h("input", { class: "input", name: "display_name", autocomplete: "name", maxlength: 64 })
   const nameField = h("label", { class: "field", hidden: true }, h("span", {}, "Your name, as others see it"), displayName)
+  const code = h("input", { class: "input", name: "invitation", autocomplete: "off", spellcheck: "false", value: invitation })
+  const codeField = h("label", { class: "field", hidden: true }, h("span", {}, "Invitation code"), code)
   const submit = h("button", { class: "button primary", type: "submit" }, "Log in")
   const tabs = ["login", "signup"].map((which) =>
     h("button", { class: "tab", type: "button", role: "tab", "aria-selected": String(which === mode), onclick: () => choose(which) },
@@ -27,10 +32,16 @@ export default function showAuth(root, api, { onSession, notice = "" }) {
   function choose(which) {
     mode = which
     tabs.forEach((tab, i) => tab.setAttribute("aria-selected", String(["login", "signup"][i] === which)))
-    nameField.hidden = which !== "signup"
     password.autocomplete = which === "signup" ? "new-password" : "current-password"
     submit.textContent = which === "signup" ? "Create account" : "Log in"
     error.textContent = ""
+    showFields()
+  }
+
+  function showFields() {
+    nameField.hidden = mode !== "signup"
+    codeField.hidden = mode !== "signup" || registration !== "invite"
+    code.required = !codeField.hidden
   }
 
   async function send(event) {
@@ -40,14 +51,20 @@ export default function showAuth(root, api, { onSession, notice = "" }) {
     try {
       const name = username.value.trim()
       if (mode === "signup") {
-        await api.post("/accounts", { username: name, password: password.value, display_name: displayName.value.trim() || undefined })
+        await api.post("/accounts", {
+          username: name,
+          password: password.value,
+          display_name: displayName.value.trim() || undefined,
+          invitation: registration === "invite" ? code.value.trim() : undefined,
+        })
       }
       const body = await api.post("/sessions", { username: name, password: password.value, device_name: deviceName() })
       const session = new Session(body)
       session.save()
       onSession(session)
     } catch (failure) {
-      error.textContent = SAY[failure.code] ?? failure.message
+      const invited = failure.code === "registration_closed" && registration === "invite"
+      error.textContent = invited ? INVITATION_REFUSED : SAY[failure.code] ?? failure.message
       submit.disabled = false
     }
   }
@@ -57,11 +74,18 @@ export default function showAuth(root, api, { onSession, notice = "" }) {
     h("label", { class: "field" }, h("span", {}, "Username"), username),
     h("label", { class: "field" }, h("span", {}, "Password (at least 8 characters)"), password),
     nameField,
+    codeField,
     error,
     submit,
   )
   replace(root, h("main", { class: "auth" }, h("div", { class: "brand" }, h("img", { src: iconUrl(), alt: "" }), "Kibitz"), form))
+  if (invitation) choose("signup")
   username.focus()
+  // How this server signs people up decides whether the form asks for an invitation.
+  api.get("/discovery").then((found) => {
+    registration = found.registration ?? "open"
+    showFields()
+  }, () => {})
 }
 
 function iconUrl() {
