@@ -7,11 +7,22 @@ from .logs import redact_url
 from .models import Conversation, Device, Draft, LogEntry, Message, PushSubscription, User
 from .outbound import Outbound, check_url
 from .settings import PluginSettings
-from .slots import IdGenerator, LiveEvent, LiveSignal, Notifier, Page, Storage, StoredMessage, Transport
+from .slots import (
+    BackupRecords,
+    IdGenerator,
+    LiveEvent,
+    LiveSignal,
+    Notifier,
+    Page,
+    Storage,
+    StoredMessage,
+    Transport,
+)
 from .supervisor import ChildProcess, find_binary, free_port
 from .tasks import Tasks
 
 __all__ = [
+    "BackupRecords",
     "ChildProcess",
     "ConfigError",
     "Conversation",

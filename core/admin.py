@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,8 +27,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import sqlalchemy as sa
 
+from .backup import BackupError, Progress, backup
 from .database import devices, members, users
 from .errors import ApiError
+from .export import export
 from .hub import REVOKE_SIGNAL
 from .invitations import Invitations
 from .models import now_ms, rfc3339
@@ -40,6 +44,11 @@ SOCKET = "admin.sock"
 MAX_REQUEST = 64 * 1024
 REQUEST_TIMEOUT = 10.0
 REPLY_TIMEOUT = 600.0  # deleting a user in many groups writes to each group's members' logs
+PROGRESS_INTERVAL = 0.2
+
+
+def _no_progress(part: str, done: int, total: int) -> None:
+    pass
 
 
 class AdminError(Exception):
@@ -64,17 +73,43 @@ class Admin:
             "invite_list": self.invite_list,
             "invite_revoke": self.invite_revoke,
         }
+        self.long_actions: dict[str, Callable[..., Awaitable[Any]]] = {
+            "backup": self.backup,
+            "export": self.export,
+        }
 
-    async def call(self, action: str, args: dict[str, Any]) -> Any:
-        """Run one action by name; ``AdminError`` with the reason when it cannot be done."""
-        if action not in self.actions:
+    async def call(self, action: str, args: dict[str, Any], progress: Progress = _no_progress) -> Any:
+        """Run one action by name; ``AdminError`` with the reason when it cannot be done.
+
+        The long ones (backup, export) tell ``progress`` how far they have come.
+        """
+        if action in self.long_actions:
+            method, args = self.long_actions[action], {**args, "progress": progress}
+        elif action in self.actions:
+            method = self.actions[action]
+        else:
             raise AdminError(f"unknown action {action!r}")
         try:
-            return await self.actions[action](**args)
-        except ApiError as e:
-            raise AdminError(e.message) from None
+            inspect.signature(method).bind(**args)
         except TypeError as e:
             raise AdminError(f"{action}: {e}") from None
+        try:
+            return await method(**args)
+        except ApiError as e:
+            raise AdminError(e.message) from None
+        except BackupError as e:
+            raise AdminError(str(e)) from None
+
+    # -- long work -----------------------------------------------------------------
+
+    async def backup(self, file: str, progress: Progress) -> dict[str, Any]:
+        return await backup(self.kibitz, Path(file), progress)
+
+    async def export(
+        self, file: str, progress: Progress, conversation_id: str | None = None, username: str | None = None
+    ) -> dict[str, Any]:
+        user_id = await self._user_id(username) if username is not None else None
+        return await export(self.kibitz, Path(file), conversation_id, user_id, progress)
 
     # -- users -------------------------------------------------------------------
 
@@ -235,7 +270,7 @@ class AdminSocket:
                 request = orjson.loads(await reader.readline())
             action, args = request["action"], request.get("args", {})
             log.info("admin_action", extra={"action": action})
-            reply: dict[str, Any] = {"result": await self.admin.call(action, args)}
+            reply: dict[str, Any] = {"result": await self.admin.call(action, args, _reporter(writer))}
         except AdminError as e:
             reply = {"error": str(e)}
         except (TimeoutError, ValueError, KeyError, TypeError):
@@ -247,14 +282,35 @@ class AdminSocket:
             writer.close()
 
 
-async def ask(folder: Path, action: str, args: dict[str, Any]) -> Any:
-    """Send one request to the instance serving ``folder``; raises ``OSError`` when none listens."""
+def _reporter(writer: asyncio.StreamWriter) -> Progress:
+    """A progress callback that sends ``{"progress": [part, done, total]}`` lines, a few a second."""
+    last = 0.0
+
+    def report(part: str, done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if (now - last >= PROGRESS_INTERVAL or done == total) and not writer.is_closing():
+            last = now
+            writer.write(orjson.dumps({"progress": [part, done, total]}) + b"\n")
+
+    return report
+
+
+async def ask(folder: Path, action: str, args: dict[str, Any], progress: Progress = _no_progress) -> Any:
+    """Send one request to the instance serving ``folder``; raises ``OSError`` when none listens.
+
+    A reply waits at most ``REPLY_TIMEOUT`` seconds after the request or the last progress line.
+    """
     reader, writer = await asyncio.open_unix_connection(folder / SOCKET, limit=16 * 1024 * 1024)
     try:
         writer.write(orjson.dumps({"action": action, "args": args}) + b"\n")
-        async with asyncio.timeout(REPLY_TIMEOUT):
-            await writer.drain()
-            reply = orjson.loads(await reader.readline())
+        await writer.drain()
+        while True:
+            async with asyncio.timeout(REPLY_TIMEOUT):
+                reply = orjson.loads(await reader.readline())
+            if "progress" not in reply:
+                break
+            progress(*reply["progress"])
     finally:
         writer.close()
     if "error" in reply:

@@ -1,6 +1,7 @@
-"""``kibitz user ...``, ``kibitz invite ...`` and ``kibitz migrate``: the operator's commands.
+"""The operator's commands: ``kibitz user``, ``invite``, ``backup``, ``restore``, ``export``
+and ``migrate``.
 
-A user or invitation command asks the server running on this data folder (``admin.sock``,
+A user, invitation, backup or export command asks the server running on this data folder (``admin.sock``,
 see ``kibitz.admin``), so that what it changes takes effect at once, open connections
 included. With no server running it starts the services itself for the length of the
 command, holding the data folder's lock as ``kibitz serve`` would.
@@ -12,14 +13,17 @@ import argparse
 import asyncio
 import getpass
 import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from .admin import AdminError, ask
+from .backup import BackupError, Progress, restore
 from .database import SchemaTooNew, create_engine, migrate
 from .datadir import DataFolderError, lock_data_folder
 from .errors import ConfigError
+from .progress import ProgressDisplay
 from .settings import Settings, parse_duration
 
 
@@ -60,6 +64,26 @@ def add_commands(commands: argparse._SubParsersAction, config: argparse.Argument
     revoke = actions.add_parser("revoke", help="stop an invitation working")
     revoke.add_argument("id")
 
+    backup = commands.add_parser(
+        "backup",
+        parents=[config],
+        help="write a consistent backup of the whole appliance to FILE (while it runs, or not)",
+    )
+    backup.add_argument("file", metavar="FILE", help="a new file (.tar.gz)")
+    restore = commands.add_parser(
+        "restore",
+        parents=[config],
+        help="restore a backup into an empty data folder (and empty services)",
+    )
+    restore.add_argument("file", metavar="FILE")
+    export = commands.add_parser(
+        "export", parents=[config], help="write a conversation's or a user's history as JSON lines"
+    )
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--conversation", metavar="ID", help="one conversation, by id")
+    which.add_argument("--user", metavar="USERNAME", help="every conversation the user is in")
+    export.add_argument("file", metavar="FILE", help="a new file")
+
     commands.add_parser(
         "migrate",
         parents=[config],
@@ -69,22 +93,33 @@ def add_commands(commands: argparse._SubParsersAction, config: argparse.Argument
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Carry out a ``user``, ``invite`` or ``migrate`` command; the process's exit status."""
+    progress = ProgressDisplay(args.command)
     try:
         if args.command == "migrate":
             return asyncio.run(_migrate(settings))
-        action, call_args = _request(args)
-        result = asyncio.run(_perform(settings, action, call_args))
-    except (AdminError, DataFolderError, SchemaTooNew) as e:
+        if args.command == "restore":
+            result = asyncio.run(restore(settings, Path(args.file).absolute(), progress))
+        else:
+            action, call_args = _request(args)
+            result = asyncio.run(_perform(settings, action, call_args, progress))
+    except (AdminError, BackupError, DataFolderError, SchemaTooNew) as e:
+        progress.close()
         print(f"kibitz: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    progress.close()
     _show(args, result)
     return 0
 
 
 def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The ``Admin`` action and its arguments that the command line asks for."""
+    if args.command == "backup":
+        return "backup", {"file": str(Path(args.file).absolute())}
+    if args.command == "export":
+        which = {"conversation_id": args.conversation} if args.conversation else {"username": args.user}
+        return "export", {"file": str(Path(args.file).absolute()), **which}
     if args.command == "invite":
         if args.action == "create":
             expires = parse_duration("--expires", args.expires) if args.expires else None
@@ -124,12 +159,12 @@ def _confirm(question: str) -> None:
         raise AdminError("nothing was changed")
 
 
-async def _perform(settings: Settings, action: str, args: dict[str, Any]) -> Any:
+async def _perform(settings: Settings, action: str, args: dict[str, Any], progress: Progress) -> Any:
     """Ask the running server; with none, start the services here for this one action."""
     from .app import Kibitz, StartupError
 
     try:
-        return await ask(settings.data_dir.absolute(), action, args)
+        return await ask(settings.data_dir.absolute(), action, args, progress)
     except (FileNotFoundError, ConnectionRefusedError):
         pass  # no server on this data folder
     lock = lock_data_folder(settings.data_dir)
@@ -140,7 +175,7 @@ async def _perform(settings: Settings, action: str, args: dict[str, Any]) -> Any
         except StartupError as e:
             raise AdminError(f"could not start: {e}") from None
         try:
-            return await kibitz.admin.call(action, args)
+            return await kibitz.admin.call(action, args, progress)
         finally:
             await kibitz.drain()
             await kibitz.stop()
@@ -161,7 +196,11 @@ async def _migrate(settings: Settings) -> int:
 
 
 def _show(args: argparse.Namespace, result: Any) -> None:
-    if getattr(args, "json", False):
+    if args.command in ("backup", "restore", "export"):
+        numbers = (result.get("records") or result).items()
+        counts = ", ".join(f"{v} {k}" for k, v in numbers if isinstance(v, int) and k != "bytes")
+        print(f"{args.command.capitalize()} done: {result.get('file', result.get('folder'))} ({counts}).")
+    elif getattr(args, "json", False):
         for row in result:
             print(orjson.dumps(row).decode())
     elif args.action == "list" and args.command == "user":

@@ -164,8 +164,19 @@ class SchemaTooNew(Exception):
     """The database was migrated by a newer Kibitz than this one; nothing was changed."""
 
 
-async def migrate(engine: AsyncEngine) -> tuple[str | None, str]:
-    """Bring the schema to the newest migration (run at every start; a no-op when current).
+def known_revisions() -> set[str]:
+    """The schema revisions this Kibitz's migrations know."""
+    return {r.revision for r in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
+
+
+def schema_revision(connection: sa.Connection) -> str | None:
+    """The schema revision of the database (None before the first migration)."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+async def migrate(engine: AsyncEngine, to: str = "head") -> tuple[str | None, str]:
+    """Bring the schema to revision ``to``, the newest by default (run at every start; a
+    no-op when current).
 
     Returns the schema revision before and after. A database whose revision this Kibitz
     does not know (a newer Kibitz migrated it) raises ``SchemaTooNew`` and is left alone.
@@ -175,15 +186,15 @@ async def migrate(engine: AsyncEngine) -> tuple[str | None, str]:
         config = _alembic_config()
         config.attributes["connection"] = connection
         script = ScriptDirectory.from_config(config)
-        before = MigrationContext.configure(connection).get_current_revision()
+        before = schema_revision(connection)
         if before is not None and before not in {r.revision for r in script.walk_revisions()}:
             raise SchemaTooNew(
                 f"the database's schema is {before}, made by a newer Kibitz; this one knows schemas up "
                 f"to {script.get_current_head()}: run the newer Kibitz, or restore a backup made before "
                 "the upgrade"
             )
-        command.upgrade(config, "head")
-        return before, str(script.get_current_head())
+        command.upgrade(config, to)
+        return before, str(script.get_current_head() if to == "head" else to)
 
     async with engine.begin() as connection:
         if connection.dialect.name == "postgresql":  # instances starting together migrate one at a time

@@ -54,3 +54,17 @@ def lock_data_folder(folder: Path) -> IO[str]:
     lock.write(f"{os.getpid()}\n")
     lock.flush()
     return lock
+
+
+def holder(folder: Path) -> str | None:
+    """The process id of the process that holds ``folder``'s lock, or None; changes nothing."""
+    try:
+        lock = open(folder / LOCK_FILE)  # noqa: SIM115  # closed below, lock and all
+    except OSError:
+        return None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return lock.read().strip() or "unknown"
+        return None

@@ -11,7 +11,7 @@ the opaque cursors clients see.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -25,9 +25,35 @@ if TYPE_CHECKING:
 LiveEvent = Callable[[int, int, bytes, float], None]
 # (user_ids, payload): a live-only signal for some users (typing, device revoked).
 LiveSignal = Callable[[tuple[int, ...], bytes], None]
+# (how many records, the records): a slot's state for ``kibitz backup``, as opaque records
+# that only the same plugin reads back. The count is for progress and may be an estimate.
+BackupRecords = tuple[int, AsyncIterator[bytes]]
 
 
-class Transport(Protocol):
+class Restorable(Protocol):
+    """What ``kibitz backup`` and ``kibitz restore`` ask of the transport and of storage.
+
+    Backup runs while the server serves; storage is backed up first, then the
+    transport, then the database. So a storage backup may stop short of the transport's
+    (the core's storage follower replays the rest after ``position()`` when the restored
+    server starts), and the database may know users and conversations the logs do not.
+    """
+
+    async def backup(self) -> BackupRecords:
+        """The whole state of the backing service that belongs to Kibitz, as records."""
+
+    async def is_empty(self) -> bool:
+        """Whether the backing service holds nothing of Kibitz's (restore needs that)."""
+
+    async def restore(self, records: AsyncIterator[bytes]) -> None:
+        """Put back what ``backup`` gave, into an empty backing service (after ``start``).
+
+        The transport must give every event back at its old position, so the cursors
+        that clients hold stay valid.
+        """
+
+
+class Transport(Restorable, Protocol):
     """The message sync queue: durable append, per-user event logs, live feed, resume."""
 
     # The most users one entry may fan out to (the largest group the server accepts).
@@ -120,7 +146,7 @@ class Page:
     has_more: bool
 
 
-class Storage(Protocol):
+class Storage(Restorable, Protocol):
     """Conversation history: append, range reads by id, counts after a marker."""
 
     async def start(self, app: Kibitz) -> None: ...

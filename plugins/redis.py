@@ -42,11 +42,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import ParamSpec, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+import orjson
 from redis.asyncio import Redis
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
@@ -57,6 +59,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from kibitz import (
+    BackupRecords,
     ChildProcess,
     ConfigError,
     Page,
@@ -79,6 +82,7 @@ RETRY_BACKOFF = ExponentialBackoff(cap=1.0, base=0.05)
 CHECK_TIMEOUT = 3.0
 LOAD_TIMEOUT = 300.0  # how long start() waits for Redis to load a large append-only file
 SCHEMES = ("redis", "rediss", "unix")
+BACKUP_BATCH = 500  # keys per pipeline of DUMP or RESTORE
 
 # Store a batch of messages in one command (atomic, like MULTI/EXEC), and raise the
 # position to ARGV[3] unless it already holds a larger integer (compared as decimal
@@ -275,6 +279,61 @@ class RedisStorage:
         values: list[bytes | None] = await self._client.mget([self._client_msg(s, c) for s, c in keys])
         return values
 
+    # -- backup and restore ------------------------------------------------------------
+
+    @_answers
+    async def backup(self) -> BackupRecords:
+        """Every key under the prefix (DUMP, with its time to live), after a first record
+        holding the position read before the scan: whatever is stored through it is in
+        every key dumped later, whereas the position key itself may run ahead of them."""
+        position = await self.position()
+        return await self._client.dbsize(), self._dump(position)
+
+    async def _dump(self, position: int) -> AsyncIterator[bytes]:
+        yield orjson.dumps({"position": position})
+        keys: list[bytes] = []
+        async for key in self._client.scan_iter(match=f"{_glob_escape(self.prefix)}*", count=1000):
+            if key != self._position_key.encode():
+                keys.append(key)
+            if len(keys) == BACKUP_BATCH:
+                for record in await self._dump_keys(keys):
+                    yield record
+                keys = []
+        for record in await self._dump_keys(keys):
+            yield record
+
+    async def _dump_keys(self, keys: list[bytes]) -> list[bytes]:
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.dump(key)
+            pipe.pttl(key)
+        replies = await pipe.execute()
+        records = []
+        for key, dumped, ttl in zip(keys, replies[::2], replies[1::2], strict=True):
+            if dumped is not None:  # else deleted since the scan saw it (an expired idempotency key)
+                records.append(struct.pack(">Hq", len(key), max(ttl, 0)) + key + dumped)
+        return records
+
+    @_answers
+    async def is_empty(self) -> bool:
+        async for _ in self._client.scan_iter(match=f"{_glob_escape(self.prefix)}*", count=1000):
+            return False
+        return True
+
+    @_answers
+    async def restore(self, records: AsyncIterator[bytes]) -> None:
+        """RESTORE each key as dumped, then set the position of the backup's first record."""
+        position = orjson.loads(await anext(records))["position"]
+        pipe = self._client.pipeline(transaction=False)
+        async for record in records:
+            length, ttl = struct.unpack_from(">Hq", record)
+            key = record[10 : 10 + length]
+            pipe.restore(key, ttl, record[10 + length :])
+            if len(pipe) == BACKUP_BATCH:
+                await pipe.execute()
+        await pipe.execute()
+        await self._client.set(self._position_key, position)
+
     @property
     def _client(self) -> Redis:
         if self._redis is None:
@@ -315,6 +374,11 @@ async def _start_server(folder: Path) -> ChildProcess:
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally in a SCAN pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def _check_url(source: str, url: str) -> str:

@@ -36,7 +36,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
 
 from kibitz import (
+    BackupRecords,
     ChildProcess,
     ConfigError,
     CursorExpired,
@@ -60,6 +61,7 @@ from kibitz import (
     redact_url,
 )
 
+from . import backup
 from .presence import Presence
 
 log = logging.getLogger("kibitz.nats")
@@ -214,7 +216,8 @@ class NatsTransport:
         except nats.errors.Error as e:
             raise ConnectionError(f"nats: {type(e).__name__}: {e}") from e
 
-    async def _ensure_stream(self) -> None:
+    async def _ensure_stream(self, first_seq: int | None = None) -> None:
+        """Create the stream (its first message at ``first_seq``, for a restore) or update its settings."""
         config = StreamConfig(
             name=STREAM,
             subjects=[f"{EVENTS}.*", RECORDS, LIVE],
@@ -225,6 +228,7 @@ class NatsTransport:
             allow_direct=True,
             allow_atomic=True,
             num_replicas=self.replicas,
+            first_seq=first_seq,
         )
         js = self.nc.jetstream()
         try:
@@ -233,6 +237,17 @@ class NatsTransport:
             await js.add_stream(config)
         else:
             await js.update_stream(config)
+
+    # -- backup and restore (kibitz.plugins.nats.backup) -------------------------
+
+    async def backup(self) -> BackupRecords:
+        return await backup.backup(self)
+
+    async def is_empty(self) -> bool:
+        return await backup.is_empty(self)
+
+    async def restore(self, records: AsyncIterator[bytes]) -> None:
+        await backup.restore(self, records)
 
     # -- appending (group commit) ----------------------------------------------
 
