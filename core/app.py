@@ -27,6 +27,7 @@ from .clients import Clients
 from .conversations import Conversations
 from .cursors import Cursors, load_cursor_key
 from .database import create_engine, migrate
+from .disk import DiskWatch
 from .errors import ConfigError
 from .gateways import sync, ws
 from .hub import Hub
@@ -67,6 +68,7 @@ class Kibitz:
         ]
         self.metrics = Metrics()
         self.tasks = Tasks()  # background work of every part; shutdown waits for it
+        self.disk = DiskWatch(self.data_dir, settings.disk_reserve, self.metrics)
         self.engine = create_engine(settings.sqlalchemy_url)
         self.leases = Leases(self.engine, self.instance_id)
         self.accounts = Accounts(self.engine, settings.registration)
@@ -108,6 +110,7 @@ class Kibitz:
     async def _start_parts(self) -> None:
         self._starting = "database"
         await asyncio.to_thread(self.data_dir.mkdir, parents=True, exist_ok=True)
+        await self.disk.start()
         await migrate(self.engine)
         self.cursors = Cursors(await load_cursor_key(self.engine))
         await self.push.start()
@@ -144,6 +147,7 @@ class Kibitz:
 
     async def stop(self) -> None:
         await self.admin_socket.close()
+        await self.disk.stop()
         self.presence.close()
         await self.tasks.wait()  # what closing connections started after the drain
         await self.notifications.stop()

@@ -107,6 +107,9 @@ class Messages:
         existing = await self._find_sent(sender.id, client_msg_id)
         if existing is not None:
             return Message.from_json(existing), existing, False
+        full = self.kibitz.disk.problem()
+        if full is not None:  # refused before anything is written (kibitz.disk)
+            raise Unavailable(full, retry_after=30)
         message, data = await self._accept(sender, conversation, body, client_msg_id, turn)
         return message, data, True
 

@@ -35,6 +35,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.disk_free = Gauge(
+            "kibitz_disk_free_bytes", "Free space on the data folder's file system", registry=self.registry
+        )
+        self.disk_low = Gauge(
+            "kibitz_disk_low",
+            "1 while free space is under disk_reserve and new messages are refused",
+            registry=self.registry,
+        )
         for kind in ("websocket", "longpoll"):
             self.connections.labels(kind)
 

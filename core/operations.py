@@ -93,7 +93,11 @@ def register(app: Sanic, kibitz: Kibitz) -> None:
         problem = await readiness_problem(kibitz)
         if problem:
             return error_response(503, "unavailable", f"not ready: {problem}")
-        return json({"status": "ready"})
+        # A nearly full disk is reported, not made a failure: the instance still serves
+        # reads, and a health check that restarts it would not free any space.
+        full = kibitz.disk.problem()
+        warnings = [full] if full else []
+        return json({"status": "ready", "disk_free_bytes": kibitz.disk.free, "warnings": warnings})
 
     async def metrics(request: Request) -> HTTPResponse:
         return raw(kibitz.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -112,6 +112,7 @@ class Settings:
     push_allow_insecure: bool = False
     push_preview: bool = True
     max_connections_per_address: int = 500
+    disk_reserve: int = 512 * 1024**2  # below this much free space, new messages are refused
     trusted_proxies: tuple[IPNetwork, ...] = ()
     max_message_chars: int = 4000
     max_frame_bytes: int = 65536
@@ -208,6 +209,7 @@ def load_settings(config: str | None = None, environ: Mapping[str, str] | None =
         *get("max_connections_per_address", d.max_connections_per_address), 1
     )
     values["trusted_proxies"] = _networks(*get("trusted_proxies", ""))
+    values["disk_reserve"] = _size(*get("disk_reserve", "512MB"))
     if values["public_url"] and not values["public_url"].startswith(("http://", "https://")):
         raise ConfigError(f"KIBITZ_PUBLIC_URL={values['public_url']!r}: must start with http:// or https://")
     values["public_url"] = values["public_url"].rstrip("/")
