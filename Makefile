@@ -19,7 +19,7 @@ ifneq ($(VENV_OK),yes)
 $(shell rm -rf $(VENV))
 endif
 
-.PHONY: run test lint bench bench-quick clean
+.PHONY: run test lint container-tools bench bench-quick clean
 
 $(RUN_STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Kibitz needs Python 3.11 or newer (python3.11, python3.12 ...)"; exit 1; }
@@ -51,7 +51,23 @@ $(CHROMIUM):
 	    || echo "chromium could not be installed: the browser tests will skip"; \
 	else echo "chromium is missing and cannot be installed here: the browser tests will skip"; fi
 
-test: lint $(CHROMIUM)
+# The container test builds the Dockerfile with Debian's podman and runc, on a Debian base
+# made here by debootstrap: public image registries may be out of reach, Debian's mirror
+# and PyPI are not. Installed where one is missing and apt-get may run; where they cannot
+# be, tests/test_container.py skips and says why. Three tools, no one file to stand for
+# them all: this looks each time, which costs nothing once they are there.
+container-tools:
+	@missing=$$(for tool in podman runc debootstrap; do command -v $$tool >/dev/null || [ -x /usr/sbin/$$tool ] || echo $$tool; done); \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Installing Debian's podman, runc and debootstrap for the container test"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq podman runc debootstrap >/dev/null 2>&1 \
+	    || { apt-get update -qq && apt-get install -y -qq podman runc debootstrap >/dev/null; } \
+	    || echo "podman, runc or debootstrap could not be installed: the container test will skip"; \
+	else echo "missing and cannot be installed here:" $$missing"; the container test will skip"; fi
+
+test: lint $(CHROMIUM) container-tools
 	$(PY) -m pytest
 
 bench: $(TEST_STAMP)

@@ -59,6 +59,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "relational: run the module's tests on SQLite and on PostgreSQL")
+    config.addinivalue_line("markers", "container: the slow test that builds and runs the container image")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
