@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from kibitz import ConfigError, Message, Page, PluginSettings, StoredMessage
+from kibitz.plugins import redis as redis_plugin
 from kibitz.plugins.redis import RedisStorage, register_storage
 
 CID = 7_000_000_001  # conversations are per test anyway: each test gets its own key prefix
@@ -336,3 +337,29 @@ async def test_embedded_server_killed_is_survived(tmp_path: Path) -> None:
             await storage.check()
     finally:
         await storage.close()
+
+
+async def test_embedded_server_compacts_its_append_only_file_when_it_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long tail of commands is rewritten into an RDB snapshot at stop, which loads fast."""
+    monkeypatch.setattr(redis_plugin, "COMPACT_MIN_TAIL", 1024 * 1024)
+    app = App(tmp_path / "data")
+    storage = RedisStorage(PluginSettings("redis", {"url": "embedded"}, {}))
+    await storage.start(app)
+    body = "x" * 3000
+    for start in range(1, 1001, 100):
+        when = "2026-11-24T10:00:00.000Z"
+        await storage.append(
+            [StoredMessage.of(Message(m, CID, 1, body, f"c{m}", when)) for m in range(start, start + 100)]
+        )
+    aof = tmp_path / "data" / "redis" / "appendonly.aof"
+    assert aof.read_bytes()[:1] == b"*", "before: commands only"
+    await storage.close()
+    assert aof.read_bytes()[:5] == b"REDIS", "after: an RDB snapshot first"
+    again = RedisStorage(PluginSettings("redis", {}, {}))
+    await again.start(app)
+    try:
+        assert len((await again.page(CID, None, None, 2000)).messages) == 1000
+    finally:
+        await again.close()
