@@ -9,6 +9,7 @@ from .outbound import Outbound, check_url
 from .settings import PluginSettings
 from .slots import (
     BackupRecords,
+    Finding,
     IdGenerator,
     LiveEvent,
     LiveSignal,
@@ -29,6 +30,7 @@ __all__ = [
     "CursorExpired",
     "Device",
     "Draft",
+    "Finding",
     "IdGenerator",
     "Lease",
     "LeaseUnavailable",

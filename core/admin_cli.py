@@ -22,6 +22,7 @@ from .admin import AdminError, ask
 from .backup import BackupError, Progress, restore
 from .database import SchemaTooNew, create_engine, migrate
 from .datadir import DataFolderError, lock_data_folder
+from .doctor import doctor, show
 from .errors import ConfigError
 from .progress import ProgressDisplay
 from .settings import Settings, parse_duration
@@ -85,6 +86,11 @@ def add_commands(commands: argparse._SubParsersAction, config: argparse.Argument
     export.add_argument("file", metavar="FILE", help="a new file")
 
     commands.add_parser(
+        "doctor",
+        parents=[config],
+        help="check the configuration, data folder, disk, database and every backing service",
+    )
+    commands.add_parser(
         "migrate",
         parents=[config],
         help="bring the database schema up to date (kibitz serve also does at start)",
@@ -97,6 +103,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.command == "migrate":
             return asyncio.run(_migrate(settings))
+        if args.command == "doctor":
+            return show(asyncio.run(doctor(settings)))
         if args.command == "restore":
             result = asyncio.run(restore(settings, Path(args.file).absolute(), progress))
         else:

@@ -30,6 +30,16 @@ LiveSignal = Callable[[tuple[int, ...], bytes], None]
 BackupRecords = tuple[int, AsyncIterator[bytes]]
 
 
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One line of ``kibitz doctor``: ``level`` is ok, warn or fail; ``fix`` says what to do."""
+
+    level: str
+    what: str
+    detail: str
+    fix: str = ""
+
+
 class Restorable(Protocol):
     """What ``kibitz backup`` and ``kibitz restore`` ask of the transport and of storage.
 
@@ -53,7 +63,13 @@ class Restorable(Protocol):
         """
 
 
-class Transport(Restorable, Protocol):
+class Diagnosable(Protocol):
+    async def diagnose(self) -> list[Finding]:
+        """For ``kibitz doctor``: check the backing service without starting anything
+        (no connection is kept, nothing is created); one finding per thing checked."""
+
+
+class Transport(Restorable, Diagnosable, Protocol):
     """The message sync queue: durable append, per-user event logs, live feed, resume."""
 
     # The most users one entry may fan out to (the largest group the server accepts).
@@ -146,7 +162,7 @@ class Page:
     has_more: bool
 
 
-class Storage(Restorable, Protocol):
+class Storage(Restorable, Diagnosable, Protocol):
     """Conversation history: append, range reads by id, counts after a marker."""
 
     async def start(self, app: Kibitz) -> None: ...

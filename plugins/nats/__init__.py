@@ -50,6 +50,7 @@ from kibitz import (
     ChildProcess,
     ConfigError,
     CursorExpired,
+    Finding,
     LiveEvent,
     LiveSignal,
     LogEntry,
@@ -61,7 +62,7 @@ from kibitz import (
     redact_url,
 )
 
-from . import backup
+from . import backup, checks
 from .presence import Presence
 
 log = logging.getLogger("kibitz.nats")
@@ -107,6 +108,9 @@ class NatsTransport:
                 raise ConfigError(
                     f"{settings.source('url')}={redact_url(server)!r}: expected 'embedded' or nats:// URLs"
                 )
+        # Where kibitz doctor reads each server's settings (/varz): http://<host>:8222 by default.
+        monitor = str(settings.get("monitor_url", "")).strip()
+        self.monitor_urls = [u.strip().rstrip("/") for u in monitor.split(",") if u.strip()]
         self.retention_age = settings.duration("retention_age", "30d")
         self.retention_bytes = settings.size("retention_bytes", "10GB")
         self.replicas = settings.integer("replicas", 1, minimum=1)
@@ -248,6 +252,9 @@ class NatsTransport:
 
     async def restore(self, records: AsyncIterator[bytes]) -> None:
         await backup.restore(self, records)
+
+    async def diagnose(self) -> list[Finding]:
+        return await checks.diagnose(self)
 
     # -- appending (group commit) ----------------------------------------------
 
