@@ -39,6 +39,7 @@ from .plugin_manager import call_each, create_plugin_manager, fill_slot
 from .presence import Presence
 from .push import Push
 from .ratelimit import RateLimits
+from .retention import HistoryRetention
 from .settings import Settings
 from .slots import IdGenerator, Notifier, Storage, Transport
 from .tasks import Tasks
@@ -78,6 +79,7 @@ class Kibitz:
         self.presence = Presence(self.transport, self.tasks)
         self.notifications = NotificationFollower(self)
         self.follower = StorageFollower(self.transport, self.storage)
+        self.retention = HistoryRetention(self.storage, self.ids, settings.history_retention)
         self.messages = Messages(
             self, self.pm, self.transport, self.storage, self.ids, settings.max_message_chars, self.follower
         )
@@ -130,6 +132,7 @@ class Kibitz:
         if caught_up:
             log.info("storage_caught_up", extra={"messages": caught_up})
         self.follower.start()
+        self.retention.start()
         if self.notifiers:
             self.notifications.start()
         self._starting = "admin socket"
@@ -151,6 +154,7 @@ class Kibitz:
         self.presence.close()
         await self.tasks.wait()  # what closing connections started after the drain
         await self.notifications.stop()
+        await self.retention.stop()
         await self.follower.stop()
         for part in reversed(self._started):
             try:

@@ -113,6 +113,7 @@ class Settings:
     push_preview: bool = True
     max_connections_per_address: int = 500
     disk_reserve: int = 512 * 1024**2  # below this much free space, new messages are refused
+    history_retention: float = 0.0  # seconds a message is kept; 0: forever
     trusted_proxies: tuple[IPNetwork, ...] = ()
     max_message_chars: int = 4000
     max_frame_bytes: int = 65536
@@ -210,6 +211,8 @@ def load_settings(config: str | None = None, environ: Mapping[str, str] | None =
     )
     values["trusted_proxies"] = _networks(*get("trusted_proxies", ""))
     values["disk_reserve"] = _size(*get("disk_reserve", "512MB"))
+    history = get("history_retention", "forever")
+    values["history_retention"] = 0.0 if str(history[1]).strip() == "forever" else parse_duration(*history)
     if values["public_url"] and not values["public_url"].startswith(("http://", "https://")):
         raise ConfigError(f"KIBITZ_PUBLIC_URL={values['public_url']!r}: must start with http:// or https://")
     values["public_url"] = values["public_url"].rstrip("/")

@@ -196,6 +196,10 @@ class Storage(Restorable, Diagnosable, Protocol):
     async def find_sent(self, keys: Sequence[tuple[int, str]]) -> list[bytes | None]:
         """For each ``(sender_id, client_msg_id)``: the message already sent with it, or None."""
 
+    async def forget_before(self, message_id: int) -> int:
+        """Delete every message whose id is below ``message_id``, from every conversation
+        (``history_retention``); how many went. Idempotent: instances may run it at once."""
+
 
 class IdGenerator(Protocol):
     """Message ids: time-sortable, unique across instances, at most 2**53."""
@@ -206,6 +210,10 @@ class IdGenerator(Protocol):
 
     def next_id(self) -> int:
         """A new id, larger than every id this generator gave before."""
+
+    def first_id_at(self, unix_ms: int) -> int:
+        """The smallest id any instance could give at ``unix_ms``: every id given earlier is
+        smaller (what history retention cuts at)."""
 
 
 class Notifier(Protocol):

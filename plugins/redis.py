@@ -339,6 +339,22 @@ class RedisStorage:
         finally:
             await client.aclose()
 
+    @_answers
+    async def forget_before(self, message_id: int) -> int:
+        """ZREMRANGEBYSCORE below ``message_id`` on every history and by-sender set."""
+        forgotten = 0
+        for kind in ("history", "by_sender"):
+            pattern = f"{_glob_escape(self.prefix)}{kind}:*"
+            keys = [key async for key in self._client.scan_iter(match=pattern, count=1000)]
+            for start in range(0, len(keys), BACKUP_BATCH):
+                pipe = self._client.pipeline(transaction=False)
+                for key in keys[start : start + BACKUP_BATCH]:
+                    pipe.zremrangebyscore(key, "-inf", f"({message_id}")
+                removed = await pipe.execute()
+                if kind == "history":
+                    forgotten += sum(removed)
+        return forgotten
+
     # -- backup and restore ------------------------------------------------------------
 
     @_answers

@@ -146,6 +146,10 @@ class SnowflakeIds:
         self._sequence = sequence
         return ((ms - EPOCH_MS) << _TIME_SHIFT) | self._worker | sequence
 
+    def first_id_at(self, unix_ms: int) -> int:
+        """The smallest id of that millisecond: worker and sequence 0."""
+        return max(unix_ms - EPOCH_MS, 0) << _TIME_SHIFT
+
     async def renew(self) -> None:
         """Record a new ceiling (the last ms plus the ttl), or take a new lease if there is none.
 

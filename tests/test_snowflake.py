@@ -94,6 +94,18 @@ async def test_decode_gives_back_ms_worker_sequence(started: Callable[..., Any])
     assert decode(ids.next_id()) == (ms + 10, 1, 0)
 
 
+async def test_first_id_at_cuts_between_milliseconds(started: Callable[..., Any]) -> None:
+    clock = Clock(T0)
+    await started(clock=clock)
+    ids = await started(clock=clock)  # worker 1: not the smallest worker of its millisecond
+    before = [ids.next_id() for _ in range(3)]
+    clock.t += 0.005
+    after = ids.next_id()
+    cut = ids.first_id_at(int(T0 * 1000) + 5)
+    assert max(before) < cut <= after
+    assert decode(cut) == (int(T0 * 1000) + 5, 0, 0)
+
+
 async def test_clock_stepping_back_gives_no_duplicates(started: Callable[..., Any]) -> None:
     clock = Clock(T0)
     ids = await started(clock=clock)

@@ -168,6 +168,16 @@ async def test_pages_return_the_stored_bytes_as_they_are(storage: RedisStorage) 
     assert (await storage.find_sent([(1, "odd")]))[0] == raw
 
 
+async def test_forget_before_deletes_older_messages_everywhere(storage: RedisStorage) -> None:
+    other = CID + 1
+    await storage.append([message(i, sender=1 + i // 10 % 2) for i in IDS] + [message(5, cid=other)])
+    assert await storage.forget_before(45) == 5  # 10, 20, 30, 40 and the other conversation's 5
+    assert ids(await storage.page(CID, None, None, 100)) == [50, 60, 70, 80, 90, 100]
+    assert (await storage.page(other, None, None, 10)).messages == []
+    assert await storage.unread_counts([(CID, 1, 0), (CID, 2, 0)]) == [3, 3]  # own messages still count
+    assert await storage.forget_before(45) == 0
+
+
 async def test_append_is_idempotent(storage: RedisStorage) -> None:
     batch = [message(i, sender=1 + i % 3) for i in IDS]
     await storage.append(batch)
