@@ -34,8 +34,8 @@ async def kibitz(tmp_path: Path) -> AsyncIterator[Kibitz]:
 
 
 async def pair(kibitz: Kibitz) -> tuple[User, Conversation]:
-    alice = await kibitz.accounts.sign_up("alice", "correct horse", None, "127.0.0.1")
-    bob = await kibitz.accounts.sign_up("bob", "correct horse", None, "127.0.0.1")
+    alice = await kibitz.accounts.create("alice", "correct horse", None, admin=False)
+    bob = await kibitz.accounts.create("bob", "correct horse", None, admin=False)
     conversation, _ = await kibitz.conversations.create_direct(alice.id, bob.id)
     return alice, conversation
 

@@ -50,6 +50,7 @@ TYPING_INTERVAL = 2.0  # seconds: typing frames closer together than this are no
 MAX_SOCKETS_PER_USER = 64  # WebSockets one user may have open on one instance
 
 CLOSE_GOING_AWAY = 1001
+CLOSE_ALL_TIMEOUT = 5.0
 CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN = 1013
@@ -77,6 +78,7 @@ class Connection:
         self.typed: dict[int, float] = {}  # conversation id: when this connection last said typing
         self.order = SendOrder()
         self.sends = asyncio.Semaphore(SENDS_IN_FLIGHT)
+        self.ended = asyncio.Event()  # set once the handler has let the connection go
 
     # -- from the hub ---------------------------------------------------------------------
 
@@ -212,6 +214,7 @@ async def websocket(request: Request, ws: WebsocketImplProtocol) -> None:
         pass
     finally:
         kibitz.hub.remove(connection)
+        connection.ended.set()
         kibitz.presence.left(user.id)
         keepalive.remove(ws)
         if writer is not None:
@@ -379,10 +382,17 @@ def _error(
 
 
 async def close_all(kibitz: Kibitz) -> None:
-    """Close every WebSocket of this instance with 1001, so clients reconnect elsewhere."""
-    for connections in list(kibitz.hub.connections.values()):
-        for connection in list(connections):
-            connection.close(CLOSE_GOING_AWAY, "server shutting down")
+    """Close every WebSocket of this instance with 1001, so clients reconnect elsewhere;
+    return once they are closed (at most ``CLOSE_ALL_TIMEOUT``), before the server itself
+    closes what is left, with 1000 (which would tell clients nothing)."""
+    closing = [c for connections in list(kibitz.hub.connections.values()) for c in connections]
+    for connection in closing:
+        connection.close(CLOSE_GOING_AWAY, "server shutting down")
+    if closing:
+        waiters = [asyncio.create_task(c.ended.wait()) for c in closing]
+        _, late = await asyncio.wait(waiters, timeout=CLOSE_ALL_TIMEOUT)
+        for waiter in late:
+            waiter.cancel()
 
 
 def register(app: Sanic, ping_interval: float) -> None:
