@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import sqlalchemy as sa
 
-from .backup import BackupError, Progress, backup
+from .backup import BackupError, backup
 from .database import devices, members, users
 from .errors import ApiError
 from .export import export
 from .hub import REVOKE_SIGNAL
 from .invitations import Invitations
 from .models import now_ms, rfc3339
+from .progress import Progress
 
 if TYPE_CHECKING:
     from .app import Kibitz

@@ -19,12 +19,12 @@ from typing import Any
 import orjson
 
 from .admin import AdminError, ask
-from .backup import BackupError, Progress, restore
+from .backup import BackupError, restore
 from .database import SchemaTooNew, create_engine, migrate
 from .datadir import DataFolderError, lock_data_folder
 from .doctor import doctor, show
 from .errors import ConfigError
-from .progress import ProgressDisplay
+from .progress import Progress, ProgressDisplay
 from .settings import Settings, parse_duration
 
 

@@ -37,6 +37,7 @@ from .metrics import Metrics
 from .notifications import NotificationFollower
 from .plugin_manager import call_each, create_plugin_manager, fill_slot
 from .presence import Presence
+from .progress import ProgressDisplay
 from .push import Push
 from .ratelimit import RateLimits
 from .retention import HistoryRetention
@@ -128,7 +129,9 @@ class Kibitz:
             await part.start(self)
             self._started.append(part)
         self._starting = "storage catching up with the log"
-        caught_up = await self.follower.catch_up()
+        rebuild = ProgressDisplay("storage rebuild")
+        caught_up = await self.follower.catch_up(rebuild)
+        rebuild.close()
         if caught_up:
             log.info("storage_caught_up", extra={"messages": caught_up})
         self.follower.start()

@@ -28,7 +28,7 @@ import os
 import shutil
 import struct
 import tarfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -40,6 +40,7 @@ from .database import known_revisions, leases, metadata, migrate, schema_revisio
 from .datadir import LOCK_FILE, holder, lock_data_folder
 from .models import now_ms, rfc3339
 from .notifications import LEASE_KIND as NOTIFY_LEASE
+from .progress import Progress
 
 if TYPE_CHECKING:
     from .app import Kibitz
@@ -48,8 +49,6 @@ if TYPE_CHECKING:
 FORMAT = 1
 CHUNK = 1024 * 1024
 _FRAME = struct.Struct(">I")
-# (part, done, total): how far a long step has come, for a progress bar.
-Progress = Callable[[str, int, int], None]
 
 
 class BackupError(Exception):

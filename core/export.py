@@ -15,9 +15,10 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 import sqlalchemy as sa
 
-from .backup import BackupError, Progress
+from .backup import BackupError
 from .database import members
 from .models import Conversation
+from .progress import Progress
 
 if TYPE_CHECKING:
     from .app import Kibitz

@@ -25,6 +25,7 @@ from .batching import Batcher
 from .errors import Forbidden, InvalidRequest, PayloadTooLarge, Rejected, Unavailable
 from .models import Conversation, Draft, LogEntry, Message, User, message_event, rfc3339
 from .plugin_manager import SendWrappers, call_each
+from .progress import Progress
 from .slots import IdGenerator, Storage, StoredMessage, Transport
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ MAX_PAGE = 200
 FOLLOW_BATCH = 1000
 FOLLOW_INTERVAL = 1.0
 MAX_UNCERTAIN = 10_000
+REPORT_ABOVE = 50_000  # log positions to catch up with before progress is shown
 
 
 class Messages:
@@ -268,18 +270,29 @@ class StorageFollower:
         self.storage = storage
         self._task: asyncio.Task[None] | None = None
 
-    async def catch_up(self) -> int:
-        """Store every message after storage's position; return how many were read."""
+    async def catch_up(self, progress: Progress | None = None) -> int:
+        """Store every message after storage's position; return how many were read.
+
+        ``progress`` hears how far along the log it is, when that is a long way (a
+        storage rebuild after Redis lost its data, at start-up).
+        """
         count = 0
+        start = await self.storage.position()
+        total = await self.transport.now() - start if progress is not None else 0
+        report = progress if total > REPORT_ABOVE else None
         while True:
             after = await self.storage.position()
             records = await self.transport.messages(after, FOLLOW_BATCH)
             if not records:
+                if report is not None:
+                    report("log positions", total, total)
                 return count
             # Most are stored already (the send path stored them); storing again is harmless,
             # and it is what brings them back if storage lost them.
             await self.storage.append(_readable(records), through=records[-1][0])
             count += len(records)
+            if report is not None:
+                report("log positions", min(records[-1][0] - start, total), total)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._follow(), name="storage-follower")

@@ -7,12 +7,16 @@ a plain line per part at each tenth, which reads well in a file.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 from tqdm import tqdm
 
+# (part, done, total): how far a long step has come.
+Progress = Callable[[str, int, int], None]
+
 
 class ProgressDisplay:
-    """A ``Progress`` callback (``kibitz.backup``) for the command line."""
+    """A ``Progress`` callback for the command line (backup, restore, export, storage rebuild)."""
 
     def __init__(self, what: str) -> None:
         self.what = what

@@ -142,3 +142,27 @@ async def test_the_storage_follower_passes_over_a_record_that_is_not_a_message(
         assert await storage.position() == last
     finally:
         await storage.close()
+
+
+async def test_a_long_storage_rebuild_reports_its_progress(
+    transport: tuple[NatsTransport, Feed], redis_url: str, tmp_path: Path
+) -> None:
+    """Storage emptied (a lost Redis) while the log holds much: catching up says how far it is."""
+    t, _ = transport
+    storage = RedisStorage(
+        PluginSettings("redis", {"url": redis_url, "prefix": f"test:{uuid.uuid4().hex}:"}, {})
+    )
+    await storage.start(App(tmp_path))
+    try:
+        group = users(t.max_fanout)
+        for n in range(1, 61):  # 60 messages to 998 members: about 60,000 log positions
+            m = Message(n, 42, group[0], f"body {n}", f"c{n}", "2026-11-25T10:00:00.000Z")
+            await t.append([LogEntry(group, b"{}", m.to_json())])
+        heard: list[tuple[str, int, int]] = []
+        assert await StorageFollower(t, storage).catch_up(lambda *said: heard.append(said)) == 60
+        assert heard, "no progress was reported"
+        done = [d for _, d, _ in heard]
+        assert done == sorted(done) and heard[-1][1] == heard[-1][2] > 50_000
+        assert len((await storage.page(42, None, None, 100)).messages) == 60
+    finally:
+        await storage.close()
