@@ -168,6 +168,11 @@ class Accounts:
             raise NotFound("no such user")
         return _user(row)
 
+    async def is_admin(self, user_id: int) -> bool:
+        async with self.engine.connect() as db:
+            found = await db.execute(sa.select(users.c.admin).where(users.c.id == user_id))
+            return bool(found.scalar())
+
     async def existing(self, user_ids: set[int]) -> set[int]:
         """The subset of ``user_ids`` that are real users."""
         if not user_ids:

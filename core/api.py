@@ -132,7 +132,8 @@ async def log_out(request: Request) -> HTTPResponse:
 
 async def me(request: Request) -> HTTPResponse:
     user, device = await authenticate(request)
-    return json({"user": user.to_dict(), "device": device.to_dict()})
+    admin = await request.app.ctx.kibitz.accounts.is_admin(user.id)  # an extension, of /me alone
+    return json({"user": {**user.to_dict(), "admin": admin}, "device": device.to_dict()})
 
 
 async def search_users(request: Request) -> HTTPResponse:

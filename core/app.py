@@ -20,7 +20,7 @@ from typing import Any
 
 from sanic import Sanic
 
-from . import api, operations, push, web_client
+from . import admin_api, api, operations, push, web_client
 from .accounts import Accounts
 from .admin import Admin, AdminSocket
 from .clients import Clients
@@ -208,6 +208,7 @@ def create_app(settings: Settings, plugins: Iterable[object] = ()) -> Sanic:
     app.ctx.kibitz = kibitz
     api.register(app)
     push.register(app)
+    admin_api.register(app)
     sync.register(app)
     ws.register(app, settings.ping_interval)
     operations.register(app, kibitz)

@@ -70,6 +70,13 @@ class ReadMarker(msgspec.Struct):
     message_id: Id
 
 
+class NewInvitation(msgspec.Struct):
+    """An administrator's invitation (extension): how many sign-ups, for how many seconds."""
+
+    uses: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
+    expires_in: Annotated[int, msgspec.Meta(ge=60, le=366 * 86400)] | None = None
+
+
 Endpoint = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
 
 
@@ -96,6 +103,7 @@ BODIES: tuple[type[msgspec.Struct], ...] = (
     NewMember,
     NewMessage,
     ReadMarker,
+    NewInvitation,
     NewPushSubscription,
     GonePushSubscription,
 )

@@ -57,6 +57,15 @@ SCHEMAS: dict[str, Any] = {
         "required": ["type"],
         "properties": {"type": {"enum": ["message", "read", "conversation"]}},
     },
+    "Invitation": _object(
+        ["id", "uses", "uses_allowed", "expires_at", "created_at", "state"],
+        id=ID,
+        uses={"type": "integer"},
+        uses_allowed={"type": "integer"},
+        expires_at={"oneOf": [TIME, {"type": "null"}]},
+        created_at=TIME,
+        state={"enum": ["active", "used up", "expired", "revoked"]},
+    ),
     "Error": _object(
         ["error"], error=_object(["code", "message"], code={"type": "string"}, message={"type": "string"})
     ),
@@ -137,8 +146,41 @@ def openapi_document() -> dict[str, Any]:
             "get": _operation(
                 "The caller",
                 200,
-                _object(["user", "device"], user=_ref("User"), device=_ref("Device")),
+                _object(
+                    ["user", "device"],
+                    user={"allOf": [_ref("User"), _object(["admin"], admin={"type": "boolean"})]},
+                    device=_ref("Device"),
+                ),
                 [401],
+            )
+        },
+        "/invitations": {
+            "post": _operation(
+                "An administrator's new invitation code (extension)",
+                201,
+                _object(
+                    ["code", "link", "invitation"],
+                    code={"type": "string"},
+                    link={"type": "string"},
+                    invitation=_ref("Invitation"),
+                ),
+                [400, 401, 403],
+                _ref("NewInvitation"),
+            ),
+            "get": _operation(
+                "Every invitation (extension; administrators)",
+                200,
+                _object(["invitations"], invitations={"type": "array", "items": _ref("Invitation")}),
+                [401, 403],
+            ),
+        },
+        "/invitations/{invitation_id}": {
+            "delete": _operation(
+                "Revoke an invitation (extension; administrators)",
+                204,
+                None,
+                [401, 403, 404],
+                params=[_path("invitation_id")],
             )
         },
         "/users": {

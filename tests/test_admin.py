@@ -195,3 +195,31 @@ def test_migrate_and_a_schema_from_a_newer_kibitz(tmp_path: Path) -> None:
         assert "newer Kibitz" in done.stderr, done.stderr
     with sqlite3.connect(database) as db:
         assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("9999",)]
+
+
+async def test_an_administrator_invites_through_the_api(invite_server: Server, operator: Client) -> None:
+    kibitz(invite_server, "user", "create", "boss", "--admin", stdin=PASSWORD + "\n")
+    kibitz(invite_server, "user", "create", "worker", stdin=PASSWORD + "\n")
+    boss, worker = await operator.log_in("boss"), await operator.log_in("worker")
+    assert (await operator.http.get("/me", headers=boss.headers)).json()["user"]["admin"] is True
+    assert (await operator.http.get("/me", headers=worker.headers)).json()["user"]["admin"] is False
+
+    assert_error(await operator.http.post("/invitations", json={}, headers=worker.headers), 403, "forbidden")
+    assert_error(await operator.http.get("/invitations", headers=worker.headers), 403, "forbidden")
+    for bad in ({"uses": 0}, {"uses": "2"}, {"uses": 1001}, {"expires_in": 5}):
+        r = await operator.http.post("/invitations", json=bad, headers=boss.headers)
+        assert_error(r, 400, "invalid_request")
+    r = await operator.http.post("/invitations", json={"uses": 2, "expires_in": 3600}, headers=boss.headers)
+    assert r.status_code == 201, r.text
+    made = r.json()
+    assert made["link"] == f"{invite_server.url}/#invite={made['code']}"
+    assert made["invitation"]["uses_allowed"] == 2 and made["invitation"]["expires_at"]
+    assert await sign_up(operator, "invitee", made["code"]) == 201
+
+    listed = (await operator.http.get("/invitations", headers=boss.headers)).json()["invitations"]
+    (mine,) = [i for i in listed if i["id"] == made["invitation"]["id"]]
+    assert mine["uses"] == 1 and mine["state"] == "active"
+    path = f"/invitations/{mine['id']}"
+    assert (await operator.http.delete(path, headers=boss.headers)).status_code == 204
+    assert_error(await operator.http.delete(path, headers=boss.headers), 404, "not_found")
+    assert await sign_up(operator, "toolate", made["code"]) == 403

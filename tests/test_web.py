@@ -336,28 +336,45 @@ async def test_history_loads_as_you_scroll_up_and_typing_shows(browser: Any, web
     await expect(bob.page.locator(".typing")).to_have_text("")
 
 
-async def test_an_invitation_link_opens_sign_up_with_its_code(
+async def test_an_administrator_makes_an_invitation_link_that_opens_sign_up_with_its_code(
     browser: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     server = make_server(tmp_path_factory.mktemp("invite") / "data", KIBITZ_REGISTRATION="invite")
     await asyncio.to_thread(server.start)
     try:
         made = await asyncio.to_thread(
-            subprocess.run, [KIBITZ, "invite", "create"], env=server.env, capture_output=True, text=True
+            subprocess.run,
+            [KIBITZ, "user", "create", "boss", "--admin"],
+            env=server.env,
+            input=PASSWORD + "\n",
+            capture_output=True,
+            text=True,
         )
-        link = re.search(r"Link to sign up: (\S+)", made.stdout)
-        assert link is not None, made.stdout + made.stderr
+        assert made.returncode == 0, made.stderr
+        admin = await (await browser.new_context(viewport=DESKTOP)).new_page()
+        await admin.goto(server.url)
+        await admin.get_by_label("Username").fill("boss")
+        await admin.get_by_label("Password (at least 8 characters)").fill(PASSWORD)
+        await admin.get_by_role("button", name="Log in").click()
+        await admin.get_by_role("button", name="Invite").click()
+        await admin.get_by_role("button", name="Make a link").click()
+        link_field = admin.get_by_label("Invitation link")
+        await expect(link_field).to_have_value(re.compile(r"#invite="))
+        link = await link_field.input_value()
+        await expect(admin.get_by_role("list", name="Open invitations")).to_contain_text("0 of 1 used")
+
         context = await browser.new_context(viewport=PHONE)
         person = Person(await context.new_page(), "p" + uuid.uuid4().hex[:10], "Invited")
         page = person.page
-        await page.goto(link[1])
+        await page.goto(link)
         code = page.get_by_label("Invitation code")
-        await expect(code).to_have_value(link[1].rpartition("=")[2])
+        await expect(code).to_have_value(link.rpartition("=")[2])
         assert "invite" not in page.url  # the code is taken out of the address bar
         await page.get_by_label("Username").fill(person.username)
         await page.get_by_label("Password (at least 8 characters)").fill(PASSWORD)
         await page.get_by_role("button", name="Create account").click()
         await person.live()
+        assert await page.get_by_role("button", name="Invite").is_hidden()  # not an administrator
 
         await context.clear_cookies()
         await page.evaluate("localStorage.clear()")
@@ -365,7 +382,7 @@ async def test_an_invitation_link_opens_sign_up_with_its_code(
         await page.get_by_role("tab", name="Sign up").click()
         await page.get_by_label("Username").fill("p" + uuid.uuid4().hex[:10])
         await page.get_by_label("Password (at least 8 characters)").fill(PASSWORD)
-        await code.fill(link[1].rpartition("=")[2])
+        await code.fill(link.rpartition("=")[2])
         await page.get_by_role("button", name="Create account").click()
         await expect(page.get_by_role("alert")).to_contain_text("invitation code does not work")
         assert person.errors == []

@@ -15,7 +15,7 @@ import Typing from "./models/typing.js"
 import Users from "./models/users.js"
 import showAuth from "./controllers/auth.js"
 import Chat from "./controllers/chat.js"
-import { members, newConversation } from "./controllers/dialogs.js"
+import { invitations, members, newConversation } from "./controllers/dialogs.js"
 import Sidebar from "./controllers/sidebar.js"
 
 const RETRY_SEND_MS = 3000
@@ -72,6 +72,8 @@ class App {
       this.#sidebar.state("offline")
     }
     this.notifications.start().catch(() => {})
+    const { user } = await this.api.get("/me").catch(() => ({ user: {} }))
+    if (user.admin) this.#sidebar.offerInvitations()
   }
 
   // The cursor of now first, then what to show: the live events from that cursor on
@@ -229,6 +231,8 @@ class App {
   // -- dialogs and the session --------------------------------------------------------------
 
   newConversation() { newConversation(this) }
+
+  invite() { invitations(this) }
 
   showMembers(conversation) { members(this, conversation) }
 

@@ -143,3 +143,63 @@ export async function members(app, conversation) {
   app.conversations.addEventListener("change", draw)
   element.addEventListener("close", () => app.conversations.removeEventListener("change", draw))
 }
+
+// An administrator's invitations: make a sign-up link (one person or several, until an
+// expiry), copy it, and revoke the ones still open.
+const EXPIRIES = [["1 day", 86400], ["7 days", 7 * 86400], ["30 days", 30 * 86400], ["Never", null]]
+
+export async function invitations(app) {
+  const uses = h("input", { class: "input", type: "number", min: 1, max: 1000, value: 1, "aria-label": "People who may sign up with it" })
+  const expiry = h("select", { class: "input", "aria-label": "Expires after" },
+    EXPIRIES.map(([label], i) => h("option", { value: String(i), selected: i === 1 }, label)))
+  const link = h("input", { class: "input", readonly: true, "aria-label": "Invitation link", hidden: true })
+  const copy = h("button", { class: "button", type: "button", hidden: true, onclick: () => navigator.clipboard?.writeText(link.value).then(() => { copy.textContent = "Copied" }) }, "Copy link")
+  const error = h("p", { class: "error", role: "alert" })
+  const open = h("ul", { class: "people", "aria-label": "Open invitations" })
+
+  async function draw() {
+    const { invitations } = await app.api.get("/invitations")
+    const active = invitations.filter((i) => i.state === "active")
+    replace(open, active.length ? active.map((i) => h("li", { class: "person" },
+      h("span", { class: "name" }, `${i.uses} of ${i.uses_allowed} used`, h("small", {}, i.expires_at ? ` · until ${new Date(i.expires_at).toLocaleDateString()}` : " · no expiry")),
+      h("button", { class: "button", type: "button", onclick: () => revoke(i.id) }, "Revoke"))) : h("li", { class: "hint" }, "No open invitations."))
+  }
+
+  async function revoke(id) {
+    try {
+      await app.api.delete(`/invitations/${id}`)
+      await draw()
+    } catch (failure) {
+      error.textContent = failure.message
+    }
+  }
+
+  async function create(event) {
+    event.preventDefault()
+    error.textContent = ""
+    try {
+      const made = await app.api.post("/invitations", { uses: Number(uses.value), expires_in: EXPIRIES[Number(expiry.value)][1] ?? undefined })
+      link.value = made.link
+      link.hidden = copy.hidden = false
+      copy.textContent = "Copy link"
+      link.select()
+      await draw()
+    } catch (failure) {
+      error.textContent = failure.message
+    }
+  }
+
+  const element = dialog(
+    h("h2", {}, "Invite people"),
+    h("form", { class: "dialog-form", onsubmit: create },
+      h("label", { class: "field" }, h("span", {}, "People who may sign up with it"), uses),
+      h("label", { class: "field" }, h("span", {}, "Expires after"), expiry),
+      h("div", { class: "row" }, h("button", { class: "button primary", type: "submit" }, "Make a link")),
+    ),
+    link, copy, error,
+    h("h3", { class: "hint" }, "Open invitations"),
+    open,
+    h("div", { class: "row" }, h("button", { class: "button", type: "button", onclick: () => element.close() }, "Done")),
+  )
+  await draw().catch((failure) => { error.textContent = failure.message })
+}

@@ -17,16 +17,19 @@ export default class Sidebar {
   #filter = h("input", { class: "input", type: "search", placeholder: "Search conversations", "aria-label": "Search conversations" })
   #status = h("span", { class: "status connecting", role: "status" }, STATES.connecting)
   #banner = h("div", { class: "banner", hidden: true })
+  #invite
   element
 
   constructor(app) {
     this.#app = app
     const me = app.session.user
     this.#filter.addEventListener("input", () => this.render())
+    this.#invite = h("button", { class: "icon-button", type: "button", hidden: true, onclick: () => app.invite() }, "Invite")
     this.element = h("aside", { class: "sidebar", "aria-label": "Conversations" },
       h("header", { class: "bar" },
         h("div", { class: "me" }, avatar(me, true), h("strong", {}, me.display_name)),
         this.#status,
+        this.#invite,
         h("button", { class: "icon-button", type: "button", onclick: () => app.logOut() }, "Log out"),
       ),
       this.#banner,
@@ -37,6 +40,11 @@ export default class Sidebar {
       this.#list,
     )
     this.showNotificationsPrompt()
+  }
+
+  // Administrators invite people from here (GET /me says who is one).
+  offerInvitations() {
+    this.#invite.hidden = false
   }
 
   state(state) {
