@@ -229,6 +229,7 @@ class Turn:
     def __init__(self, previous: asyncio.Future[None] | None) -> None:
         self.previous = previous
         self.passed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._released = False
 
     async def wait(self) -> None:
         """Until the previous send of the connection has joined the log, or ended without."""
@@ -237,9 +238,17 @@ class Turn:
             await asyncio.wait((self.previous,))
 
     def release(self) -> None:
-        """This send has joined the commit queue, or ended without: the next may go."""
-        if not self.passed.done():
+        """This send has joined the commit queue, or ended without: the next may go, once
+        every earlier one has gone too. (A resend or a refused send lets go of its turn
+        before the sends ahead of it have their ids; passing at once would let the next
+        send overtake them.)"""
+        if self.passed.done() or self._released:
+            return
+        self._released = True
+        if self.previous is None or self.previous.done():
             self.passed.set_result(None)
+        else:
+            self.previous.add_done_callback(lambda _: self.passed.done() or self.passed.set_result(None))
 
 
 class SendOrder:

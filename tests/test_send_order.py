@@ -94,3 +94,18 @@ async def test_stopping_lets_the_sends_in_flight_finish(tmp_path: Path) -> None:
         await k.stop()
     answers = await asyncio.gather(*sends)
     assert len({message.id for message, _, _ in answers}) == 50
+
+
+async def test_a_turn_let_go_early_passes_only_after_the_turns_ahead() -> None:
+    """A resend lets go of its turn at once: the send after it must still wait for those
+    before it, or it would get its id ahead of them (seen with 120 pipelined frames)."""
+    order = SendOrder()
+    first, resend, after = order.take(), order.take(), order.take()
+    resend.release()
+    waiting = asyncio.create_task(after.wait())
+    for _ in range(5):
+        await asyncio.sleep(0)  # let the loop run the waiter: a yield, not a wait for time
+    assert not waiting.done(), "the send after a resend overtook the send before it"
+    first.release()
+    await asyncio.wait_for(waiting, 5)
+    assert resend.passed.done()
