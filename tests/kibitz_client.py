@@ -13,7 +13,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,20 @@ async def wait_until(condition: Callable[[], Any], timeout: float = 30, what: st
         await asyncio.sleep(POLL_INTERVAL)
 
 
+@asynccontextmanager
+async def serving(data_dir: Path, **env: str) -> AsyncIterator[tuple[Server, Client]]:
+    """A server of the test's own (``make_server``), started, and a client of it; both
+    stopped and closed afterwards, whatever happens."""
+    server = make_server(data_dir, **env)
+    await asyncio.to_thread(server.start)
+    client = Client(server)
+    try:
+        yield server, client
+    finally:
+        await client.close()
+        await asyncio.to_thread(server.stop)
+
+
 def make_server(data_dir: Path, **env: str) -> Server:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -259,6 +274,17 @@ class Client:
         assert r.status_code in (200, 201), r.text
         message: dict[str, Any] = r.json()["message"]
         return message
+
+    async def whole_history(self, who: Session, cid: str) -> list[dict[str, Any]]:
+        """Every message of a conversation, oldest first, read through ``after`` pages of 200."""
+        found: list[dict[str, Any]] = []
+        after = "0"
+        while True:
+            page = await self.history(who, cid, after=after, limit=200)
+            found += page["messages"]
+            if not page["has_more"]:
+                return found
+            after = found[-1]["id"]
 
     async def history(self, who: Session, cid: str, **params: Any) -> dict[str, Any]:
         r = await self.http.get(f"/conversations/{cid}/messages", params=params, headers=who.headers)

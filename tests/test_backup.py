@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from .conftest import fresh_postgres_database
-from .kibitz_client import KIBITZ, Client, Server, Session, make_server, wait_until
+from .kibitz_client import KIBITZ, Client, Server, Session, make_server, serving, wait_until
 from .push_service import PushService
 
 # Tables compared row for row; leases are run-time state (holders, expiries) and differ.
@@ -39,18 +39,6 @@ def refused(server: Server, *args: str) -> str:
 def table_rows(folder: Path) -> dict[str, list[tuple[Any, ...]]]:
     with sqlite3.connect(folder / "kibitz.sqlite3") as db:
         return {t: db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in TABLES}
-
-
-async def history(client: Client, who: Session, cid: str) -> list[dict[str, Any]]:
-    """The whole history of a conversation, oldest first, read page by page."""
-    found: list[dict[str, Any]] = []
-    after = "0"
-    while True:
-        page = await client.history(who, cid, after=after, limit=100)
-        found += page["messages"]
-        if not page["has_more"]:
-            return found
-        after = found[-1]["id"]
 
 
 class Load:
@@ -111,7 +99,7 @@ async def test_backup_under_load_restores_everything_and_a_device_resumes_its_cu
         assert "Backup done" in done.stdout, done.stdout
         await load.stop()
         assert len(load.acknowledged) > len(before_backup), "the backup ran under load"
-        expected = {cid: await history(client, alice, cid) for cid in (direct, group)}
+        expected = {cid: await client.whole_history(alice, cid) for cid in (direct, group)}
         rows = table_rows(source.data_dir)
     finally:
         await client.close()
@@ -137,7 +125,7 @@ async def test_backup_under_load_restores_everything_and_a_device_resumes_its_cu
     assert "in use by process" in refused(target, "restore", str(file))
     client = Client(target)
     try:
-        again = {cid: await history(client, alice, cid) for cid in (direct, group)}
+        again = {cid: await client.whole_history(alice, cid) for cid in (direct, group)}
         assert again[direct] == expected[direct]
         ids = [m["id"] for m in again[group]]
         assert len(ids) == len(set(ids)), "no message twice"
@@ -191,7 +179,7 @@ async def test_a_backup_of_a_stopped_server_restores_into_postgresql(tmp_path: P
         await asyncio.to_thread(target.start)
         client = Client(target)
         try:
-            assert await history(client, alice, cid) == sent
+            assert await client.whole_history(alice, cid) == sent
             carol = await client.user()  # new ids follow the restored ones
             assert int(carol.id) > int(bob.id)
         finally:
@@ -200,10 +188,7 @@ async def test_a_backup_of_a_stopped_server_restores_into_postgresql(tmp_path: P
 
 
 async def test_export_writes_a_conversation_and_a_users_history_as_json_lines(tmp_path: Path) -> None:
-    server = make_server(tmp_path / "data")
-    await asyncio.to_thread(server.start)
-    client = Client(server)
-    try:
+    async with serving(tmp_path / "data") as (server, client):
         alice, bob = await client.users(2)
         cid = await client.direct(alice, bob)
         group = await client.group(alice, [bob], "two of us")
@@ -218,11 +203,8 @@ async def test_export_writes_a_conversation_and_a_users_history_as_json_lines(tm
         everything = tmp_path / "alice.jsonl"
         await asyncio.to_thread(kibitz, server, "export", "--user", me["username"], str(everything))
         lines = [orjson.loads(line) for line in everything.read_text().splitlines()]
-        assert lines[0] == {"type": "user", "user": me}
+        assert lines[0] == {"type": "user", "user": {k: v for k, v in me.items() if k != "admin"}}
         assert [line["type"] for line in lines].count("conversation") == 2
         assert [line["type"] for line in lines].count("message") == 4
         assert "exists" in refused(server, "export", "--user", me["username"], str(everything))
         assert "no user" in refused(server, "export", "--user", "nobody", str(tmp_path / "x.jsonl"))
-    finally:
-        await client.close()
-        await asyncio.to_thread(server.stop)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .kibitz_client import Client, Socket, assert_error, make_server, wait_until
+from .kibitz_client import Socket, assert_error, serving, wait_until
 
 SIZE_MB = 128
 RESERVE_MB = 32
@@ -54,12 +54,8 @@ def fill(disk: Path, leave_free: int) -> Path:
 
 
 async def test_a_nearly_full_disk_refuses_new_messages_and_recovers_by_itself(small_disk: Path) -> None:
-    server = make_server(
-        small_disk / "data", KIBITZ_DISK_RESERVE=f"{RESERVE_MB}MB", KIBITZ_NATS_RETENTION_BYTES="16MB"
-    )
-    await asyncio.to_thread(server.start)
-    client = Client(server)
-    try:
+    settings = {"KIBITZ_DISK_RESERVE": f"{RESERVE_MB}MB", "KIBITZ_NATS_RETENTION_BYTES": "16MB"}
+    async with serving(small_disk / "data", **settings) as (server, client):
         alice, bob = await client.users(2)
         cid = await client.direct(alice, bob)
         first = await client.send(alice, cid, "before the disk filled", client_msg_id="first")
@@ -108,6 +104,3 @@ async def test_a_nearly_full_disk_refuses_new_messages_and_recovers_by_itself(sm
         history = [m["id"] for m in (await client.history(bob, cid))["messages"]]
         assert history == [first["id"], later["id"]]
         assert "kibitz_disk_low 0.0" in (await client.http.get(server.url + "/metrics")).text
-    finally:
-        await client.close()
-        await asyncio.to_thread(server.stop)

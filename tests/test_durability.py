@@ -65,7 +65,7 @@ async def test_sigkill_during_a_burst_loses_no_acknowledged_message(tmp_path: Pa
         await burst
         server.start()
 
-        history = await _all_history(client, members[0], cid)
+        history = await client.whole_history(members[0], cid)
         ids = [m["id"] for m in history]
         assert len(ids) == len(set(ids)), "a message is in history twice"
         for message in acked:
@@ -83,16 +83,6 @@ async def test_sigkill_during_a_burst_loses_no_acknowledged_message(tmp_path: Pa
     finally:
         await client.close()
         server.stop()
-
-
-async def _all_history(client: Client, who: Session, cid: str) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    page = await client.history(who, cid, limit=200)
-    messages = page["messages"]
-    while page["has_more"]:
-        page = await client.history(who, cid, limit=200, before=messages[0]["id"])
-        messages = page["messages"] + messages
-    return messages
 
 
 async def test_a_restart_keeps_history_tokens_cursors_and_read_markers(tmp_path: Path) -> None:

@@ -32,18 +32,6 @@ async def page(client: Client, who: Session, cid: str, **params: Any) -> httpx.R
     return await client.http.get(f"/conversations/{cid}/messages", params=params, headers=who.headers)
 
 
-async def all_history(client: Client, who: Session, cid: str) -> list[dict[str, Any]]:
-    """The whole history, oldest first, through ``after`` pages of 200."""
-    found: list[dict[str, Any]] = []
-    after = "0"
-    while True:
-        body = await client.history(who, cid, after=after, limit=200)
-        found += body["messages"]
-        if not body["has_more"]:
-            return found
-        after = body["messages"][-1]["id"]
-
-
 def check_message(message: dict[str, Any]) -> None:
     """The Message object of PROTOCOL.md "Objects"."""
     assert set(message) >= MESSAGE_FIELDS, message
@@ -359,7 +347,7 @@ async def test_many_concurrent_senders_keep_each_senders_order(client: Client) -
         numbers = [int(m["id"]) for m in answers]
         assert numbers == sorted(numbers) and len(set(numbers)) == per_sender, numbers
 
-    history = await all_history(client, senders[3], cid)
+    history = await client.whole_history(senders[3], cid)
     assert len(history) == len(senders) * per_sender
     numbers = [int(m["id"]) for m in history]
     assert numbers == sorted(numbers), "history is not ascending by id"

@@ -3,12 +3,11 @@ in every conversation, and keeps the rest; by default history is kept forever.""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from kibitz.settings import load_settings
 
-from .kibitz_client import Client, make_server, wait_until
+from .kibitz_client import serving, wait_until
 
 
 def test_history_is_kept_forever_unless_a_retention_is_set() -> None:
@@ -18,10 +17,7 @@ def test_history_is_kept_forever_unless_a_retention_is_set() -> None:
 
 
 async def test_messages_older_than_the_retention_are_deleted(tmp_path: Path) -> None:
-    server = make_server(tmp_path / "data", KIBITZ_HISTORY_RETENTION="3s")
-    await asyncio.to_thread(server.start)
-    client = Client(server)
-    try:
+    async with serving(tmp_path / "data", KIBITZ_HISTORY_RETENTION="3s") as (_, client):
         alice, bob = await client.users(2)
         direct = await client.direct(alice, bob)
         group = await client.group(alice, [bob], "short memory")
@@ -37,6 +33,3 @@ async def test_messages_older_than_the_retention_are_deleted(tmp_path: Path) -> 
         views = (await client.http.get("/conversations", headers=alice.headers)).json()["conversations"]
         (view,) = [c for c in views if c["id"] == direct]
         assert view["last_message"]["id"] == kept["id"] and view["unread_count"] == 1
-    finally:
-        await client.close()
-        await asyncio.to_thread(server.stop)
