@@ -4,8 +4,9 @@ The transport keeps every accepted message in commit order (``Transport.messages
 instance that holds the ``notify`` lease follows them from the position recorded in
 that lease (its ``high_water``: the next position to notify), so what an instance had
 not notified when it stopped or died is notified by the next holder; a send never
-waits for any of it. For each message, presence tells which members other than the
-sender have no live connection on any instance, and every notifier gets those. The
+waits for any of it. For each batch, each notifier says which members it can reach at
+all (who has a push subscription), presence tells which of those have no live
+connection on any instance, and each notifier gets, per message, its own of those. The
 position moves on once the notifiers have returned for a whole batch: after a crash a
 message may be notified twice, never not at all. The first holder ever starts at the
 end of the log, so old history is never notified.
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from .leases import Lease, LeaseUnavailable
 from .models import Conversation, Message
+from .slots import Notifier
 
 if TYPE_CHECKING:
     from .app import Kibitz
@@ -119,21 +121,25 @@ class NotificationFollower:
             for message in messages
             if (conversation := conversations.get(message.conversation_id)) is not None
         ]
-        live = await kibitz.presence.live(list({u for _, _, others in owed for u in others}))
+        members = list({u for _, _, others in owed for u in others})
+        reachable = [await notifier.reachable(members) for notifier in kibitz.notifiers]
+        live = await kibitz.presence.live(list(set().union(*reachable)))
         turns = asyncio.Semaphore(AT_ONCE)
 
-        async def notify(message: Message, conversation: Conversation, offline: list[int]) -> None:
+        async def notify(
+            notifier: Notifier, message: Message, conversation: Conversation, offline: list[int]
+        ) -> None:
             async with turns:
-                for notifier in kibitz.notifiers:
-                    try:
-                        await notifier.notify(message, conversation, offline)
-                    except Exception:
-                        log.exception("notify_failed", extra={"notifier": type(notifier).__name__})
+                try:
+                    await notifier.notify(message, conversation, offline)
+                except Exception:
+                    log.exception("notify_failed", extra={"notifier": type(notifier).__name__})
 
         await asyncio.gather(
             *(
-                notify(message, conversation, offline)
+                notify(notifier, message, conversation, offline)
+                for notifier, can in zip(kibitz.notifiers, reachable, strict=True)
                 for message, conversation, others in owed
-                if (offline := [u for u in others if u not in live])
+                if (offline := [u for u in others if u in can and u not in live])
             )
         )

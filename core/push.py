@@ -118,6 +118,19 @@ class Push:
                 table.delete().where(table.c.device_id == device.id, table.c.endpoint == endpoint)
             )
 
+    async def subscribed(self, user_ids: Sequence[int]) -> set[int]:
+        """Those of ``user_ids`` with at least one subscription, in one query."""
+        if not user_ids:
+            return set()
+        query = (
+            sa.select(devices.c.user_id)
+            .distinct()
+            .join(push_subscriptions, push_subscriptions.c.device_id == devices.c.id)
+            .where(devices.c.user_id.in_(user_ids))
+        )
+        async with self.engine.connect() as db:
+            return set((await db.execute(query)).scalars())
+
     async def of_users(self, user_ids: Sequence[int]) -> list[PushSubscription]:
         """Every subscription of every device of these users."""
         if not user_ids:

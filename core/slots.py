@@ -223,6 +223,11 @@ class Notifier(Protocol):
 
     async def close(self) -> None: ...
 
+    async def reachable(self, user_ids: Sequence[int]) -> set[int]:
+        """Those of ``user_ids`` this notifier can reach at all (a push subscription, an
+        address). Asked once per batch of messages, before presence: ``notify`` then gets
+        only these, so a batch nobody can be notified of costs one look-up."""
+
     async def notify(self, message: Message, conversation: Conversation, user_ids: Sequence[int]) -> None:
         """Tell each of ``user_ids`` about ``message``: the members other than the sender
         with no live connection on any instance.

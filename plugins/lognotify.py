@@ -27,6 +27,9 @@ class LogNotifier:
     async def close(self) -> None:
         pass
 
+    async def reachable(self, user_ids: Sequence[int]) -> set[int]:
+        return set(user_ids)  # a log line reaches anyone
+
     async def notify(self, message: Message, conversation: Conversation, user_ids: Sequence[int]) -> None:
         log.info(
             "notify",

@@ -79,6 +79,9 @@ class WebPushNotifier:
         if self.outbound is not None:
             await self.outbound.close()
 
+    async def reachable(self, user_ids: Sequence[int]) -> set[int]:
+        return await self.app.push.subscribed(user_ids)
+
     async def notify(self, message: Message, conversation: Conversation, user_ids: Sequence[int]) -> None:
         subscriptions = await self.app.push.of_users(user_ids)
         if not subscriptions:
