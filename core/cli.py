@@ -153,18 +153,18 @@ def plugins(settings: Settings) -> int:
         "notify": set(settings.notify),
         "extension": set(settings.plugins),
     }
-    rows: dict[str, list[tuple[str, str, list[str]]]] = {group: [] for group in chosen}
-    for name, (module, hooks) in sorted(installed_plugins().items()):
+    rows: dict[str, list[tuple[str, str, str, list[str]]]] = {group: [] for group in chosen}
+    for name, (module, package, hooks) in sorted(installed_plugins().items()):
         slots = [SLOTS[h] for h in hooks if h in SLOTS]
         others = [h for h in hooks if h not in SLOTS]
         for group in slots or ["extension"]:
-            rows[group].append((name, module, others if group == "extension" else []))
+            rows[group].append((name, module, package, others if group == "extension" else []))
     for group, entries in rows.items():
         print(f"{group}:")
-        for name, module, hooks in entries:
+        for name, module, package, hooks in entries:
             mark = "*" if name in chosen[group] else " "
             extra = f"  ({', '.join(hooks)})" if hooks else ""
-            print(f"  {mark} {name:<14} {module}{extra}")
+            print(f"  {mark} {name:<14} {module:<26} {package}{extra}")
     print("* = active with this configuration")
     return 0
 

@@ -29,17 +29,19 @@ SLOT_VARIABLES = {
 }
 
 
-def installed_plugins() -> dict[str, tuple[str, list[str]]]:
-    """Every plugin in the ``kibitz`` entry-point group: its module and the hooks it implements."""
-    found: dict[str, tuple[str, list[str]]] = {}
+def installed_plugins() -> dict[str, tuple[str, str, list[str]]]:
+    """Every plugin in the ``kibitz`` entry-point group: its module, the package that ships
+    it with its version (``kibitz 0.1.0``), and the hooks it implements."""
+    found: dict[str, tuple[str, str, list[str]]] = {}
     for ep in entry_points(group="kibitz"):
+        package = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "?"
         try:
             module = ep.load()
         except Exception as e:
-            found[ep.name] = (ep.value, [f"fails to load: {type(e).__name__}: {e}"])
+            found[ep.name] = (ep.value, package, [f"fails to load: {type(e).__name__}: {e}"])
             continue
         hooks = [name for name in dir(module) if hasattr(getattr(module, name), "kibitz_impl")]
-        found[ep.name] = (ep.value, hooks)
+        found[ep.name] = (ep.value, package, hooks)
     return found
 
 

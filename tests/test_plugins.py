@@ -88,7 +88,9 @@ def test_kibitz_plugins_lists_every_installed_plugin_and_marks_the_active(tmp_pa
     # with the defaults: the three slots are active, the example extension is not
     for name in ("nats", "redis", "snowflake"):
         assert is_marked(lines[name]), lines[name]
+        assert "kibitz 0.1.0" in lines[name], lines[name]  # the package that ships it, and its version
     assert not is_marked(lines["example"]), lines["example"]
+    assert "kibitz-example" in lines["example"].replace("_", "-"), lines["example"]
     marked = plugin_lines({**env, "KIBITZ_PLUGINS": "example"})
     assert is_marked(marked["example"]), marked["example"]
     for name in ("nats", "redis", "snowflake"):
