@@ -146,7 +146,7 @@ class Accounts:
                 devices.c.created_ms,
             )
             .join(devices, devices.c.user_id == users.c.id)
-            .where(devices.c.token_hash == secret_hash(token))
+            .where(devices.c.token_hash == secret_hash(token), users.c.disabled_ms.is_(None))
         )
         async with self.engine.connect() as db:
             row = (await db.execute(query)).first()

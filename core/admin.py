@@ -269,13 +269,18 @@ class AdminSocket:
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
                 request = orjson.loads(await reader.readline())
-            action, args = request["action"], request.get("args", {})
+            action, args = request["action"], dict(request.get("args", {}))
+        except (TimeoutError, ValueError, KeyError, TypeError, AttributeError):
+            reply: dict[str, Any] = {"error": "not a request: one JSON object with action and args"}
+        else:
             log.info("admin_action", extra={"action": action})
-            reply: dict[str, Any] = {"result": await self.admin.call(action, args, _reporter(writer))}
-        except AdminError as e:
-            reply = {"error": str(e)}
-        except (TimeoutError, ValueError, KeyError, TypeError):
-            reply = {"error": "not a request: one JSON object with action and args"}
+            try:
+                reply = {"result": await self.admin.call(action, args, _reporter(writer))}
+            except AdminError as e:
+                reply = {"error": str(e)}
+            except Exception as e:  # the server's own failure: say so, and log the details
+                log.exception("admin_action_failed", extra={"action": action})
+                reply = {"error": f"the server failed: {type(e).__name__}: {e}"}
         try:
             writer.write(orjson.dumps(reply) + b"\n")
             await writer.drain()
@@ -308,7 +313,10 @@ async def ask(folder: Path, action: str, args: dict[str, Any], progress: Progres
         await writer.drain()
         while True:
             async with asyncio.timeout(REPLY_TIMEOUT):
-                reply = orjson.loads(await reader.readline())
+                line = await reader.readline()
+            if not line:
+                raise AdminError("the server closed the connection without an answer; see its log")
+            reply = orjson.loads(line)
             if "progress" not in reply:
                 break
             progress(*reply["progress"])

@@ -35,9 +35,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .database import known_revisions, leases, metadata, migrate, schema_revision
-from .datadir import LOCK_FILE, holder, lock_data_folder
+from .datadir import LOCK_FILE, RESTORING, holder, lock_data_folder
 from .models import now_ms, rfc3339
 from .notifications import LEASE_KIND as NOTIFY_LEASE
 from .progress import Progress
@@ -64,7 +65,7 @@ async def backup(kibitz: Kibitz, file: Path, progress: Progress) -> dict[str, An
         raise BackupError(f"{file} exists already; give the name of a new file")
     work = file.parent / f".{file.name}.parts"
     try:
-        await asyncio.to_thread(work.mkdir)
+        await asyncio.to_thread(work.mkdir, 0o700)
     except OSError as e:
         raise BackupError(f"cannot write beside {file}: {e.strerror}") from None
     try:
@@ -97,7 +98,7 @@ async def _write_records(
     digest = hashlib.sha256()
     count = written = 0
     buffer = bytearray()
-    out = await asyncio.to_thread(open, path, "wb")
+    out = await asyncio.to_thread(private_file, path)
     try:
 
         def flush(chunk: bytes) -> None:
@@ -122,36 +123,48 @@ async def _write_records(
 
 async def _dump_database(kibitz: Kibitz, path: Path, progress: Progress) -> tuple[dict[str, Any], str]:
     """Every row of every table, in one transaction (one snapshot), as JSON lines."""
-
-    async def rows() -> AsyncIterator[bytes]:
-        async with kibitz.engine.connect() as db:
-            if db.dialect.name == "postgresql":
-                await db.execution_options(isolation_level="REPEATABLE READ")
-            async with db.begin():
-                yield orjson.dumps({"schema": await db.run_sync(schema_revision)})
-                for table in metadata.sorted_tables:  # parents before children
-                    async for row in await db.stream(sa.select(table)):
-                        line = {"table": table.name, "row": row._asdict()}
-                        yield orjson.dumps(line, option=orjson.OPT_NON_STR_KEYS)  # keys: quoted_name
-
-    records = rows()
+    records = database_rows(kibitz.engine)
     schema = orjson.loads(await anext(records))["schema"]
     return await _write_records(path, records, 0, "database", progress), schema
 
 
+async def database_rows(engine: AsyncEngine) -> AsyncIterator[bytes]:
+    """The schema revision, then every row (parents before children), all read in one
+    transaction: what the first read sees, every later read sees."""
+    async with engine.connect() as db:
+        if db.dialect.name == "postgresql":
+            await db.execution_options(isolation_level="REPEATABLE READ")
+        else:  # pysqlite begins a transaction only before a write: begin the read here
+            await db.exec_driver_sql("BEGIN")
+        yield orjson.dumps({"schema": await db.run_sync(schema_revision)})
+        for table in metadata.sorted_tables:
+            async for row in await db.stream(sa.select(table)):
+                line = {"table": table.name, "row": row._asdict()}
+                yield orjson.dumps(line, option=orjson.OPT_NON_STR_KEYS)  # keys: quoted_name
+        await db.rollback()
+
+
 def _pack(file: Path, work: Path, manifest: dict[str, Any]) -> None:
     partial = file.with_name(f".{file.name}.partial")
-    with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
-        data = orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
-        info = tarfile.TarInfo("manifest.json")
-        info.size, info.mtime, info.mode = len(data), now_ms() // 1000, 0o600
-        tar.addfile(info, io.BytesIO(data))
-        for name in ("database.jsonl", "storage.bin", "transport.bin"):
-            tar.add(work / name, arcname=name)
-    with open(partial, "rb") as written:
-        os.fsync(written.fileno())
-    os.chmod(partial, 0o600)  # it holds password hashes and keys
-    partial.rename(file)
+    try:
+        with private_file(partial) as out, tarfile.open(fileobj=out, mode="w:gz", compresslevel=1) as tar:
+            data = orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
+            info = tarfile.TarInfo("manifest.json")
+            info.size, info.mtime, info.mode = len(data), now_ms() // 1000, 0o600
+            tar.addfile(info, io.BytesIO(data))
+            for name in ("database.jsonl", "storage.bin", "transport.bin"):
+                tar.add(work / name, arcname=name)
+            tar.close()
+            out.flush()
+            os.fsync(out.fileno())
+        partial.rename(file)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def private_file(path: Path) -> IO[bytes]:
+    """A new file only its owner can read (it holds password hashes and keys); error if it exists."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
 
 
 # -- restore ----------------------------------------------------------------------------
@@ -168,6 +181,7 @@ async def restore(settings: Settings, file: Path, progress: Progress) -> dict[st
     kibitz = Kibitz(settings)
     started: list[Any] = []
     try:
+        await asyncio.to_thread((folder / RESTORING).write_text, f"restore of {file} not finished\n")
         if await _database_holds_data(kibitz):
             raise BackupError("the database already holds data; restore needs an empty one")
         for name, slot in (("transport", kibitz.transport), ("storage", kibitz.storage)):
@@ -190,6 +204,7 @@ async def restore(settings: Settings, file: Path, progress: Progress) -> dict[st
         lock.close()
         raise
     await _close(started, kibitz)
+    await asyncio.to_thread((folder / RESTORING).unlink)
     lock.close()
     return {"folder": str(folder), "records": {k: v["records"] for k, v in manifest["parts"].items()}}
 
@@ -200,6 +215,8 @@ def _lock_empty_folder(folder: Path) -> IO[str]:
     if process is not None:
         raise BackupError(f"the data folder {folder} is in use by process {process}; stop it first")
     entries = {entry.name for entry in folder.iterdir()} if folder.is_dir() else set()
+    if RESTORING in entries:
+        raise BackupError(f"the data folder {folder} holds a restore that did not finish: empty it first")
     if entries - {LOCK_FILE}:
         raise BackupError(f"the data folder {folder} is not empty; restore needs an empty one")
     return lock_data_folder(folder)  # DataFolderError when another process holds it

@@ -48,6 +48,9 @@ devices = sa.Table(
     sa.Column("name", sa.String(64), nullable=False),
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_ms", sa.BigInteger, nullable=False),
+    # A device id is never given again (SQLite would reuse the largest after a logout): a
+    # revocation, remembered by device id, must not reach the next login's connections.
+    sqlite_autoincrement=True,
 )
 
 conversations = sa.Table(
@@ -196,7 +199,17 @@ async def migrate(engine: AsyncEngine, to: str = "head") -> tuple[str | None, st
         command.upgrade(config, to)
         return before, str(script.get_current_head() if to == "head" else to)
 
-    async with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":  # instances starting together migrate one at a time
-            await connection.execute(sa.text("SELECT pg_advisory_xact_lock(7160425)"))
-        return await connection.run_sync(upgrade)
+    async with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:  # a table rebuilt by a migration must not cascade deletes to its children
+            await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            await connection.commit()  # (pysqlite began nothing: it is SQLAlchemy's bookkeeping)
+        try:
+            async with connection.begin():
+                if not sqlite:  # instances starting together migrate one at a time
+                    await connection.execute(sa.text("SELECT pg_advisory_xact_lock(7160425)"))
+                return await connection.run_sync(upgrade)
+        finally:
+            if sqlite:
+                await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                await connection.commit()

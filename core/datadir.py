@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO
 
 LOCK_FILE = "kibitz.lock"
+RESTORING = "restore-incomplete"  # there while kibitz restore writes the folder
 
 
 class DataFolderError(Exception):
@@ -49,6 +50,12 @@ def lock_data_folder(folder: Path) -> IO[str]:
         raise DataFolderError(
             f"the data folder {folder} is in use by process {holder} (another kibitz); stop it first"
         ) from None
+    if (folder / RESTORING).exists():
+        lock.close()
+        raise DataFolderError(
+            f"the data folder {folder} holds a restore that did not finish: empty it (and, with external "
+            "services, the database, stream and Redis it filled), then run kibitz restore again"
+        )
     lock.seek(0)
     lock.truncate()
     lock.write(f"{os.getpid()}\n")

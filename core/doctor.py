@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from .database import create_engine, known_revisions, schema_revision, secrets
 from .datadir import holder
+from .plugin_manager import create_plugin_manager, fill_slot
 from .settings import Settings
 from .slots import Finding
 
@@ -29,8 +30,6 @@ TIMEOUT = 5.0
 
 async def doctor(settings: Settings) -> list[Finding]:
     """Every finding, in the order an operator would fix them."""
-    from .app import Kibitz
-
     findings = [
         Finding("warn", "configuration", warning, "fix the name or remove it")
         for warning in settings.warnings
@@ -42,8 +41,11 @@ async def doctor(settings: Settings) -> list[Finding]:
     running = await asyncio.to_thread(holder, settings.data_dir.absolute())
     if running is not None:
         findings.append(await _server(settings, running))
-    kibitz = Kibitz(settings)  # fills the slots (nothing starts): their own checks follow
-    for slot, part in (("transport", kibitz.transport), ("storage", kibitz.storage)):
+    pm = create_plugin_manager(settings)  # the slots are filled, not started: their own checks follow
+    parts = [
+        (slot, fill_slot(pm, slot, getattr(settings, slot), settings)) for slot in ("transport", "storage")
+    ]
+    for slot, part in parts:
         diagnose: Callable[[], Awaitable[list[Finding]]] | None = getattr(part, "diagnose", None)
         if diagnose is None:
             findings.append(
@@ -55,7 +57,6 @@ async def doctor(settings: Settings) -> list[Finding]:
                 findings += await diagnose()
         except Exception as e:
             findings.append(Finding("fail", f"{slot} {getattr(settings, slot)}", f"{type(e).__name__}: {e}"))
-    await kibitz.engine.dispose()
     findings += _exposure(settings)
     return findings
 
@@ -104,6 +105,8 @@ def _data_folder(settings: Settings) -> list[Finding]:
 
 
 async def _database(settings: Settings) -> list[Finding]:
+    if not settings.database_url and not (settings.data_dir / "kibitz.sqlite3").exists():
+        return [Finding("ok", "database", "no SQLite database yet; the first start makes it")]
     engine = create_engine(settings.sqlalchemy_url)
     try:
         async with asyncio.timeout(TIMEOUT), engine.connect() as db:

@@ -15,7 +15,7 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 import sqlalchemy as sa
 
-from .backup import BackupError
+from .backup import BackupError, private_file
 from .database import members
 from .models import Conversation
 from .progress import Progress
@@ -33,7 +33,7 @@ async def export(
     must not exist; what was written, counted."""
     header, conversation_ids = await _what(kibitz, conversation_id, user_id)
     try:
-        out = await asyncio.to_thread(open, file, "xb")
+        out = await asyncio.to_thread(private_file, file)
     except OSError as e:
         raise BackupError(f"cannot write {file}: {e.strerror}") from None
     written = 0

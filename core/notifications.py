@@ -35,6 +35,15 @@ AT_ONCE = 16  # messages being notified at once
 IDLE_WAIT = 1.0  # seconds between two looks at the log when the live feed is quiet
 
 
+async def _reachable(notifier: Notifier, user_ids: list[int]) -> set[int]:
+    """Whom the notifier can reach; everyone, if it cannot say (its ``notify`` then decides)."""
+    try:
+        return await notifier.reachable(user_ids)
+    except Exception:
+        log.exception("notify_failed", extra={"notifier": type(notifier).__name__})
+        return set(user_ids)
+
+
 class NotificationFollower:
     def __init__(self, kibitz: Kibitz) -> None:
         self.kibitz = kibitz
@@ -122,7 +131,7 @@ class NotificationFollower:
             if (conversation := conversations.get(message.conversation_id)) is not None
         ]
         members = list({u for _, _, others in owed for u in others})
-        reachable = [await notifier.reachable(members) for notifier in kibitz.notifiers]
+        reachable = [await _reachable(notifier, members) for notifier in kibitz.notifiers]
         live = await kibitz.presence.live(list(set().union(*reachable)))
         turns = asyncio.Semaphore(AT_ONCE)
 

@@ -153,7 +153,7 @@ async def test_backup_under_load_restores_everything_and_a_device_resumes_its_cu
 
     with tarfile.open(file) as tar:
         manifest = orjson.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
-    assert manifest["schema"] == "0003" and set(manifest["parts"]) == {"database", "storage", "transport"}
+    assert manifest["schema"] == "0004" and set(manifest["parts"]) == {"database", "storage", "transport"}
     assert oct(os.stat(file).st_mode & 0o777) == "0o600"
 
 
@@ -208,3 +208,16 @@ async def test_export_writes_a_conversation_and_a_users_history_as_json_lines(tm
         assert [line["type"] for line in lines].count("message") == 4
         assert "exists" in refused(server, "export", "--user", me["username"], str(everything))
         assert "no user" in refused(server, "export", "--user", "nobody", str(tmp_path / "x.jsonl"))
+
+
+def test_a_restore_that_did_not_finish_keeps_serve_and_restore_away(tmp_path: Path) -> None:
+    """``kibitz restore`` marks the folder until it has finished; killed half-way, the folder
+    is neither served nor restored into, until the operator empties it."""
+    file = tmp_path / "empty.tar.gz"
+    kibitz(make_server(tmp_path / "source"), "backup", str(file))
+    server = make_server(tmp_path / "data")
+    server.data_dir.mkdir()
+    (server.data_dir / "restore-incomplete").write_text("restore of x not finished\n")
+    done = subprocess.run([KIBITZ, "serve"], env=server.env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "restore that did not finish" in done.stderr, done.stderr
+    assert "did not finish" in refused(server, "restore", str(file))

@@ -3,6 +3,7 @@ the Alembic migrations (what start-up runs): the migrated database must match th
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,3 +40,71 @@ async def test_the_comparison_sees_a_missing_column(engine: AsyncEngine) -> None
         differences = await connection.run_sync(_differences)
         await connection.rollback()
     assert any(d[0] == "add_column" and d[3].name == "value" for d in differences), differences
+
+
+async def test_device_ids_are_never_given_again(engine: AsyncEngine) -> None:
+    """After the newest device is deleted (a logout), the next one gets a new id: a
+    revocation remembered by device id must not reach the next login's connections."""
+    from kibitz.database import devices, users
+
+    async with engine.begin() as db:
+        user = (
+            await db.execute(
+                users.insert().values(
+                    username=f"d{id(db)}", display_name="d", password_hash="!", created_ms=0
+                )
+            )
+        ).inserted_primary_key[0]
+        row = {"user_id": user, "name": "x", "created_ms": 0}
+        first = (
+            await db.execute(devices.insert().values(token_hash=f"a{user}", **row))
+        ).inserted_primary_key[0]
+        await db.execute(devices.delete().where(devices.c.id == first))
+        second = (
+            await db.execute(devices.insert().values(token_hash=f"b{user}", **row))
+        ).inserted_primary_key[0]
+    assert second > first
+
+
+async def test_the_sqlite_rebuild_of_devices_keeps_every_row_and_its_children(tmp_path: Path) -> None:
+    """Migration 0004 rebuilds ``devices`` on SQLite: rows, ids and push subscriptions stay."""
+    from kibitz.database import create_engine, migrate
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'old.sqlite3'}")
+    try:
+        await migrate(engine, "0003")
+        rows = [
+            "INSERT INTO users (id, username, display_name, password_hash, created_ms)"
+            " VALUES (5, 'u', 'u', '', 0)",
+            "INSERT INTO devices (id, user_id, name, token_hash, created_ms) VALUES (9, 5, 'x', 'h', 0)",
+            "INSERT INTO push_subscriptions (device_id, endpoint, p256dh, auth, created_ms)"
+            " VALUES (9, 'https://p/x', 'k', 'a', 0)",
+        ]
+        async with engine.begin() as db:
+            for row in rows:
+                await db.execute(sa.text(row))
+        await migrate(engine)
+        async with engine.connect() as db:
+            assert (await db.execute(sa.text("SELECT id FROM devices"))).scalars().all() == [9]
+            assert (
+                await db.execute(sa.text("SELECT device_id FROM push_subscriptions"))
+            ).scalars().all() == [9]
+            assert (await db.execute(sa.text("PRAGMA foreign_keys"))).scalar() == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_the_backup_reads_the_database_as_one_snapshot(engine: AsyncEngine) -> None:
+    """Rows written while ``kibitz backup`` reads the tables are not in it, whatever the table:
+    else a device could be in the dump without its user."""
+    from kibitz.backup import database_rows
+    from kibitz.database import users
+
+    rows = database_rows(engine)
+    await anext(rows)  # the schema: the snapshot is taken
+    async with engine.begin() as db:
+        await db.execute(
+            users.insert().values(username="latecomer", display_name="l", password_hash="!", created_ms=0)
+        )
+    dumped = [line async for line in rows]
+    assert not any(b"latecomer" in line for line in dumped)

@@ -351,9 +351,13 @@ class NatsTransport:
         found, more = await self._direct_get(f"{EVENTS}.{user_id}", after + 1, limit)
         events = [(seq, data) for seq, _, data in found]
         # Retention drops events from the front: if the first sequence, looked up after
-        # the read, is past ``after + 1``, events after the cursor may be gone.
-        if after + 1 < (await self._stream_info()).state.first_seq:
+        # the read, is past ``after + 1``, events after the cursor may be gone. A position
+        # past the end is from before a restore of an older backup: what came after it is lost.
+        state = (await self._stream_info()).state
+        if after + 1 < state.first_seq:
             raise CursorExpired(f"position {after} is older than the retained events")
+        if after > state.last_seq:
+            raise CursorExpired(f"position {after} is beyond the log (restored from an older backup)")
         return events, more
 
     async def messages(self, after: int, limit: int) -> list[tuple[int, bytes]]:
