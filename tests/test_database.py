@@ -3,6 +3,7 @@ the Alembic migrations (what start-up runs): the migrated database must match th
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ async def test_device_ids_are_never_given_again(engine: AsyncEngine) -> None:
         user = (
             await db.execute(
                 users.insert().values(
-                    username=f"d{id(db)}", display_name="d", password_hash="!", created_ms=0
+                    username=f"d{uuid.uuid4().hex[:12]}", display_name="d", password_hash="!", created_ms=0
                 )
             )
         ).inserted_primary_key[0]
@@ -100,11 +101,12 @@ async def test_the_backup_reads_the_database_as_one_snapshot(engine: AsyncEngine
     from kibitz.backup import database_rows
     from kibitz.database import users
 
+    name = f"late{uuid.uuid4().hex[:12]}"  # the PostgreSQL database is shared by the session's tests
     rows = database_rows(engine)
     await anext(rows)  # the schema: the snapshot is taken
     async with engine.begin() as db:
         await db.execute(
-            users.insert().values(username="latecomer", display_name="l", password_hash="!", created_ms=0)
+            users.insert().values(username=name, display_name="l", password_hash="!", created_ms=0)
         )
     dumped = [line async for line in rows]
-    assert not any(b"latecomer" in line for line in dumped)
+    assert not any(name.encode() in line for line in dumped)
