@@ -175,11 +175,12 @@ async def restore(settings: Settings, file: Path, progress: Progress) -> dict[st
     from .app import Kibitz
 
     manifest = await asyncio.to_thread(_verify, file, progress)
-    await _check_compatible(manifest, settings)
+    _check_compatible(manifest, settings)
     folder = settings.data_dir.absolute()
     lock = await asyncio.to_thread(_lock_empty_folder, folder)
     kibitz = Kibitz(settings)
     started: list[Any] = []
+    finished = False
     try:
         await asyncio.to_thread((folder / RESTORING).write_text, f"restore of {file} not finished\n")
         if await _database_holds_data(kibitz):
@@ -198,14 +199,14 @@ async def restore(settings: Settings, file: Path, progress: Progress) -> dict[st
             end = await kibitz.transport.now()
         async with kibitz.engine.begin() as db:  # no pushes for what was sent before the backup
             await db.execute(leases.update().where(leases.c.kind == NOTIFY_LEASE).values(high_water=end + 1))
-    except BaseException:
-        await _close(started, kibitz)
-        await asyncio.to_thread(_empty, folder)
+        finished = True
+    finally:
+        await _close(started, kibitz)  # the embedded servers stop before their files go
+        if finished:
+            await asyncio.to_thread((folder / RESTORING).unlink)
+        else:  # what the restore wrote goes, marker and all
+            await asyncio.to_thread(_empty, folder)
         lock.close()
-        raise
-    await _close(started, kibitz)
-    await asyncio.to_thread((folder / RESTORING).unlink)
-    lock.close()
     return {"folder": str(folder), "records": {k: v["records"] for k, v in manifest["parts"].items()}}
 
 
@@ -252,7 +253,7 @@ def _member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
     return member
 
 
-async def _check_compatible(manifest: dict[str, Any], settings: Settings) -> None:
+def _check_compatible(manifest: dict[str, Any], settings: Settings) -> None:
     if manifest["schema"] not in known_revisions():
         raise BackupError(
             f"the backup's schema {manifest['schema']} is from a newer Kibitz ({manifest['kibitz']}); "
