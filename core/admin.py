@@ -31,7 +31,7 @@ from .backup import BackupError, backup
 from .database import devices, members, users
 from .errors import ApiError
 from .export import export
-from .hub import REVOKE_SIGNAL
+from .hub import revocation
 from .invitations import Invitations
 from .models import now_ms, rfc3339
 from .progress import Progress
@@ -219,7 +219,7 @@ class Admin:
             result = await db.execute(mine.returning(devices.c.id))
             device_ids = result.scalars().all()
         for device_id in device_ids:
-            await self.kibitz.transport.signal([user_id], REVOKE_SIGNAL + b"%d" % device_id)
+            await self.kibitz.transport.signal([user_id], revocation(device_id))
         return len(device_ids)
 
     # -- invitations ---------------------------------------------------------------

@@ -16,7 +16,7 @@ from sanic.response import HTTPResponse, empty, raw
 from .accounts import normalize_username
 from .conversations import MAX_NAME
 from .errors import InvalidRequest, RateLimited, Unauthorized
-from .hub import REVOKE_SIGNAL
+from .hub import revocation
 from .inputs import (
     LogIn,
     NewConversation,
@@ -126,7 +126,7 @@ async def log_out(request: Request) -> HTTPResponse:
     kibitz = request.app.ctx.kibitz
     user, device = await authenticate(request)
     await kibitz.accounts.log_out(device)
-    await kibitz.transport.signal([user.id], REVOKE_SIGNAL + b"%d" % device.id)
+    await kibitz.transport.signal([user.id], revocation(device.id))
     return empty(204)
 
 

@@ -19,6 +19,13 @@ from .metrics import Metrics
 
 CONVERSATION_EVENT = b'{"type":"conversation","conversation":{"id":"'
 REVOKE_SIGNAL = b"!revoke "  # a control signal, never shown to clients: b"!revoke <device id>"
+
+
+def revocation(device_id: int) -> bytes:
+    """The signal that closes a revoked device's connections on every instance."""
+    return REVOKE_SIGNAL + b"%d" % device_id
+
+
 REMEMBER_REVOKED = 120.0  # seconds a revocation is remembered for connections just starting
 
 
