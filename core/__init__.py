@@ -1,6 +1,7 @@
 """Kibitz: a self-hosted chat appliance. The public names plugins import."""
 
-from .errors import ConfigError, CursorExpired, Rejected, Unavailable
+from .app_protocol import App
+from .errors import ConfigError, CursorExpired, NotFound, Rejected, Unavailable
 from .hookspecs import hookimpl
 from .leases import Lease, Leases, LeaseUnavailable
 from .logs import redact_url
@@ -23,6 +24,7 @@ from .supervisor import ChildProcess, find_binary, free_port
 from .tasks import Tasks
 
 __all__ = [
+    "App",
     "BackupRecords",
     "ChildProcess",
     "ConfigError",
@@ -39,6 +41,7 @@ __all__ = [
     "LiveSignal",
     "LogEntry",
     "Message",
+    "NotFound",
     "Notifier",
     "Outbound",
     "Page",

@@ -34,6 +34,7 @@ from .hub import Hub
 from .leases import Leases
 from .messages import Messages, StorageFollower
 from .metrics import Metrics
+from .models import Conversation, User
 from .notifications import NotificationFollower
 from .plugin_manager import call_each, create_plugin_manager, fill_slot
 from .presence import Presence
@@ -55,7 +56,7 @@ class StartupError(Exception):
 
 
 class Kibitz:
-    """Every service of one running instance; plugins get it as ``app``."""
+    """Every service of one running instance; plugins see it as ``kibitz.App``."""
 
     def __init__(self, settings: Settings, plugins: Iterable[object] = ()) -> None:
         self.settings = settings
@@ -95,6 +96,12 @@ class Kibitz:
         self.stopping = asyncio.Event()
         self._started: list[Any] = []
         self._starting = ""
+
+    async def user(self, user_id: int) -> User:
+        return await self.accounts.get(user_id)
+
+    async def conversation(self, conversation_id: int) -> Conversation | None:
+        return await self.conversations.get(conversation_id)
 
     async def start(self) -> None:
         """Start every part, in dependency order; storage catches up with the log before ready.

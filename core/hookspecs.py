@@ -1,4 +1,4 @@
-"""The plugin contract: every hook Kibitz calls, when it calls it, and what an answer does.
+"""The plugin contract: every hook App calls, when it calls it, and what an answer does.
 
 A plugin is a module (or object) with functions marked ``@hookimpl`` whose names match
 the hooks below. An implementation may take any subset of a hook's arguments, so a hook
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from .app import Kibitz
+    from .app_protocol import App
     from .models import Conversation, Device, Draft, Message, User
     from .settings import PluginSettings
     from .slots import IdGenerator, Notifier, Storage, Transport
@@ -65,11 +65,11 @@ def register_notifier(name: str, settings: PluginSettings) -> Notifier | None:
 
 
 @hookspec
-def register_routes(register: Callable[..., None], app: Kibitz) -> None:
+def register_routes(register: Callable[..., None], app: App) -> None:
     """Add HTTP routes: call ``register(path, handler, methods=("GET",))`` for each.
 
     Called once while the application is built. ``handler(request)`` is a Sanic handler
-    (async, returns a response); ``request.app.ctx.kibitz`` is the ``Kibitz`` services object.
+    (async, returns a response); ``request.app.ctx.kibitz`` is the ``App`` services object.
     Paths must not collide with the core's or another plugin's: a duplicate stops
     start-up. Every implementation runs. Added in 0.1.
     """
@@ -77,7 +77,7 @@ def register_routes(register: Callable[..., None], app: Kibitz) -> None:
 
 @hookspec
 def wrap_send(
-    draft: Draft, sender: User, conversation: Conversation, app: Kibitz
+    draft: Draft, sender: User, conversation: Conversation, app: App
 ) -> Callable[[], AsyncGenerator[None, Message]] | None:
     """Check, change or refuse a message before it is accepted; see it once it is.
 
@@ -104,7 +104,7 @@ def wrap_send(
 
 
 @hookspec
-def message_accepted(message: Message, conversation: Conversation, app: Kibitz) -> Awaitable[None] | None:
+def message_accepted(message: Message, conversation: Conversation, app: App) -> Awaitable[None] | None:
     """React to a message once the transport has durably accepted it (bots, webhooks, indexing).
 
     Runs after the sender has been answered, off the send path; may be async. Every
@@ -114,7 +114,7 @@ def message_accepted(message: Message, conversation: Conversation, app: Kibitz) 
 
 
 @hookspec
-def connection_opened(user: User, device: Device, app: Kibitz) -> Awaitable[None] | None:
+def connection_opened(user: User, device: Device, app: App) -> Awaitable[None] | None:
     """A device went live: its WebSocket is ready, on this instance.
 
     May be async; runs beside the connection, never delaying it. Every implementation
@@ -123,7 +123,7 @@ def connection_opened(user: User, device: Device, app: Kibitz) -> Awaitable[None
 
 
 @hookspec
-def connection_closed(user: User, device: Device, app: Kibitz) -> Awaitable[None] | None:
+def connection_closed(user: User, device: Device, app: App) -> Awaitable[None] | None:
     """A device's WebSocket on this instance closed, for any reason.
 
     As ``connection_opened``. Added in 0.1.
@@ -131,7 +131,7 @@ def connection_closed(user: User, device: Device, app: Kibitz) -> Awaitable[None
 
 
 @hookspec
-def startup(app: Kibitz) -> Awaitable[None] | None:
+def startup(app: App) -> Awaitable[None] | None:
     """The server is about to take requests: every slot has started.
 
     May be async. Every implementation runs; one that raises is logged and skipped.
@@ -140,7 +140,7 @@ def startup(app: Kibitz) -> Awaitable[None] | None:
 
 
 @hookspec
-def shutdown(app: Kibitz) -> Awaitable[None] | None:
+def shutdown(app: App) -> Awaitable[None] | None:
     """The server is stopping: connections are drained, slots are still up.
 
     As ``startup``. Added in 0.1.

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from .models import Conversation, LogEntry, Message
 
 if TYPE_CHECKING:
-    from .app import Kibitz
+    from .app_protocol import App
 
 # (user_id, position, event JSON, committed_at): one event of a user's log, as the live
 # feed hands it over; committed_at is when the transport made it durable (Unix seconds).
@@ -50,10 +50,10 @@ class Restorable(Protocol):
     """
 
     async def backup(self) -> BackupRecords:
-        """The whole state of the backing service that belongs to Kibitz, as records."""
+        """The whole state of the backing service that belongs to App, as records."""
 
     async def is_empty(self) -> bool:
-        """Whether the backing service holds nothing of Kibitz's (restore needs that)."""
+        """Whether the backing service holds nothing of App's (restore needs that)."""
 
     async def restore(self, records: AsyncIterator[bytes]) -> None:
         """Put back what ``backup`` gave, into an empty backing service (after ``start``).
@@ -75,7 +75,7 @@ class Transport(Restorable, Diagnosable, Protocol):
     # The most users one entry may fan out to (the largest group the server accepts).
     max_fanout: int
 
-    async def start(self, app: Kibitz) -> None:
+    async def start(self, app: App) -> None:
         """Connect (and start any embedded server); return once appends can be made."""
 
     async def close(self) -> None:
@@ -165,7 +165,7 @@ class Page:
 class Storage(Restorable, Diagnosable, Protocol):
     """Conversation history: append, range reads by id, counts after a marker."""
 
-    async def start(self, app: Kibitz) -> None: ...
+    async def start(self, app: App) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -204,7 +204,7 @@ class Storage(Restorable, Diagnosable, Protocol):
 class IdGenerator(Protocol):
     """Message ids: time-sortable, unique across instances, at most 2**53."""
 
-    async def start(self, app: Kibitz) -> None: ...
+    async def start(self, app: App) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -219,7 +219,7 @@ class IdGenerator(Protocol):
 class Notifier(Protocol):
     """Reaches members who have no live connection when a message arrives."""
 
-    async def start(self, app: Kibitz) -> None: ...
+    async def start(self, app: App) -> None: ...
 
     async def close(self) -> None: ...
 

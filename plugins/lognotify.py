@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
-from kibitz import Conversation, Message, PluginSettings, hookimpl
+from kibitz import App, Conversation, Message, PluginSettings, hookimpl
 
 log = logging.getLogger("kibitz.notify")
 
@@ -21,7 +20,7 @@ def register_notifier(name: str, settings: PluginSettings) -> LogNotifier | None
 
 
 class LogNotifier:
-    async def start(self, app: Any) -> None:
+    async def start(self, app: App) -> None:
         pass
 
     async def close(self) -> None:

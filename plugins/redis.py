@@ -45,7 +45,7 @@ import logging
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import ParamSpec, Protocol, TypeVar
+from typing import ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -59,6 +59,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from kibitz import (
+    App,
     BackupRecords,
     ChildProcess,
     ConfigError,
@@ -111,11 +112,6 @@ return 1
 """
 
 
-class _App(Protocol):
-    @property
-    def data_dir(self) -> Path: ...
-
-
 @hookimpl
 def register_storage(name: str, settings: PluginSettings) -> RedisStorage | None:
     """Provide the ``redis`` storage."""
@@ -158,7 +154,7 @@ class RedisStorage:
         self._position_key = f"{prefix}position"
         self._append_script: AsyncScript | None = None
 
-    async def start(self, app: _App) -> None:
+    async def start(self, app: App) -> None:
         """Start the embedded redis-server if configured, connect, wait until it answers."""
         url = self.url
         if self.embedded:
@@ -359,7 +355,8 @@ class RedisStorage:
 
     @_answers
     async def backup(self) -> BackupRecords:
-        """Every key under the prefix (DUMP, with its time to live), after a first record
+        """Every key under the prefix (DUMP, with its time to live, named without the prefix),
+        after a first record
         holding the position read before the scan: whatever is stored through it is in
         every key dumped later, whereas the position key itself may run ahead of them."""
         position = await self.position()
@@ -387,7 +384,8 @@ class RedisStorage:
         records = []
         for key, dumped, ttl in zip(keys, replies[::2], replies[1::2], strict=True):
             if dumped is not None:  # else deleted since the scan saw it (an expired idempotency key)
-                records.append(struct.pack(">Hq", len(key), max(ttl, 0)) + key + dumped)
+                name = key[len(self.prefix.encode()) :]  # restored under the restoring storage's prefix
+                records.append(struct.pack(">Hq", len(name), max(ttl, 0)) + name + dumped)
         return records
 
     @_answers
@@ -403,7 +401,7 @@ class RedisStorage:
         pipe = self._client.pipeline(transaction=False)
         async for record in records:
             length, ttl = struct.unpack_from(">Hq", record)
-            key = record[10 : 10 + length]
+            key = self.prefix.encode() + record[10 : 10 + length]
             pipe.restore(key, ttl, record[10 + length :])
             if len(pipe) == BACKUP_BATCH:
                 await pipe.execute()

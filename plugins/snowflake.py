@@ -33,12 +33,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from kibitz import ConfigError, Lease, Leases, PluginSettings, Unavailable, hookimpl
-
-if TYPE_CHECKING:
-    from kibitz.app import Kibitz
+from kibitz import App, ConfigError, Lease, Leases, PluginSettings, Unavailable, hookimpl
 
 log = logging.getLogger("kibitz.snowflake")
 
@@ -109,7 +105,7 @@ class SnowflakeIds:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
-    async def start(self, app: Kibitz) -> None:
+    async def start(self, app: App) -> None:
         """Lease a worker number and record the first ceiling; renew in the background."""
         self._leases = app.leases
         await self._take_lease()

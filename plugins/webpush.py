@@ -38,7 +38,16 @@ import orjson
 from py_vapid import Vapid, VapidException
 from pywebpush import WebPusher
 
-from kibitz import ConfigError, Conversation, Message, Outbound, PluginSettings, PushSubscription, hookimpl
+from kibitz import (
+    App,
+    ConfigError,
+    Conversation,
+    Message,
+    Outbound,
+    PluginSettings,
+    PushSubscription,
+    hookimpl,
+)
 
 log = logging.getLogger("kibitz.webpush")
 
@@ -57,18 +66,19 @@ def register_notifier(name: str, settings: PluginSettings) -> WebPushNotifier | 
 
 
 class WebPushNotifier:
+    app: App  # from start() on
+
     def __init__(self, settings: PluginSettings) -> None:
         self.subject = str(settings.get("subject", "")).strip()
         if self.subject and not _is_contact(self.subject):
             raise ConfigError(f"{settings.source('subject')}={self.subject!r}: a mailto: or https:// URL")
         self.ttl = int(settings.duration("ttl", "1d"))
-        self.app: Any = None
         self.outbound: Outbound | None = None
         self._vapid: Vapid | None = None
         self._tokens: dict[str, tuple[float, dict[str, str]]] = {}  # origin: (expires, headers)
         self._turns = asyncio.Semaphore(AT_ONCE)
 
-    async def start(self, app: Any) -> None:
+    async def start(self, app: App) -> None:
         self.app = app
         if not self.subject:
             self.subject = app.settings.url if _is_contact(app.settings.url) else "mailto:admin@localhost"
@@ -86,7 +96,7 @@ class WebPushNotifier:
         subscriptions = await self.app.push.of_users(user_ids)
         if not subscriptions:
             return
-        sender = await self.app.accounts.get(message.sender_id)
+        sender = await self.app.user(message.sender_id)
         payload: dict[str, Any] = {
             "type": "message",
             "conversation_id": str(conversation.id),

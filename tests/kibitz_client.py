@@ -131,19 +131,6 @@ def poll_until(condition: Callable[[], bool], timeout: float = 30, what: str = "
         time.sleep(POLL_INTERVAL)  # the pause between two looks, not a wait for something
 
 
-async def wait_until(condition: Callable[[], Any], timeout: float = 30, what: str = "the condition") -> None:
-    """Poll ``condition`` (a function returning a bool, or an awaitable bool) until it holds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, f"{what} did not hold within {timeout} s"
-        await asyncio.sleep(POLL_INTERVAL)
-
-
 @asynccontextmanager
 async def serving(data_dir: Path, **env: str) -> AsyncIterator[tuple[Server, Client]]:
     """A server of the test's own (``make_server``), started, and a client of it; both

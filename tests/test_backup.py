@@ -16,8 +16,10 @@ from typing import Any
 import orjson
 import pytest
 
+from kibitz.testing import wait_until
+
 from .conftest import fresh_postgres_database
-from .kibitz_client import KIBITZ, Client, Server, Session, make_server, serving, wait_until
+from .kibitz_client import KIBITZ, Client, Server, Session, make_server, serving
 from .push_service import PushService
 
 # Tables compared row for row; leases are run-time state (holders, expiries) and differ.

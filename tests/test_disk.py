@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from .kibitz_client import Socket, assert_error, serving, wait_until
+from kibitz.testing import wait_until
+
+from .kibitz_client import Socket, assert_error, serving
 
 SIZE_MB = 128
 RESERVE_MB = 32

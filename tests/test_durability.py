@@ -16,8 +16,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from kibitz.supervisor import ChildProcess
+from kibitz.testing import wait_until
 
-from .kibitz_client import Client, Session, Socket, make_server, nats_child, redis_child, wait_until
+from .kibitz_client import Client, Session, Socket, make_server, nats_child, redis_child
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from kibitz.errors import NotFound
 from kibitz.gateways.ws import MAX_SOCKETS_PER_USER
 from kibitz.http_protocol import FIRST_REQUEST_TIMEOUT
 from kibitz.ratelimit import FRAME_BURST
+from kibitz.testing import wait_until
 
 from .kibitz_client import (
     PASSWORD,
@@ -34,7 +35,6 @@ from .kibitz_client import (
     close_code,
     hello,
     long_polls,
-    wait_until,
 )
 
 

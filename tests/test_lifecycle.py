@@ -11,7 +11,9 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from .kibitz_client import Client, Server, Socket, make_server, wait_until
+from kibitz.testing import wait_until
+
+from .kibitz_client import Client, Server, Socket, make_server
 
 
 def children(server: Server) -> dict[str, int]:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from kibitz.supervisor import free_port
+from kibitz.testing import wait_until
 
 from .kibitz_client import (
     POLL_INTERVAL,
@@ -26,7 +27,6 @@ from .kibitz_client import (
     assert_error,
     make_server,
     redis_child,
-    wait_until,
 )
 
 # Every HTTP call of PROTOCOL.md, as (method, full path); path parameters as ``{}``.

@@ -10,8 +10,7 @@ import pytest
 
 from kibitz.errors import RateLimited
 from kibitz.passwords import MAX_WAITING_PER_ADDRESS, WORKERS, PasswordWork
-
-from .kibitz_client import wait_until
+from kibitz.testing import wait_until
 
 
 class Checks:

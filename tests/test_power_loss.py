@@ -24,7 +24,9 @@ from typing import Any
 import httpx
 import pytest
 
-from .kibitz_client import Client, Session, make_server, poll_until, wait_until
+from kibitz.testing import wait_until
+
+from .kibitz_client import Client, Session, make_server, poll_until
 
 LAZYFS = Path(os.environ.get("LAZYFS_BIN", Path.home() / ".cache/lazyfs/src/lazyfs/build/lazyfs"))
 

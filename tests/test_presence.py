@@ -12,8 +12,7 @@ import pytest
 from kibitz import PluginSettings, Tasks
 from kibitz.plugins.nats import NatsTransport
 from kibitz.presence import Presence
-
-from .kibitz_client import wait_until
+from kibitz.testing import wait_until
 
 
 @dataclass

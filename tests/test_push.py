@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from kibitz.testing import wait_until
+
 from .kibitz_client import (
     Client,
     Server,
@@ -24,7 +26,6 @@ from .kibitz_client import (
     make_server,
     nats_child,
     redis_child,
-    wait_until,
 )
 from .push_service import PushService, Subscription, unb64url
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from kibitz.settings import load_settings
+from kibitz.testing import wait_until
 
-from .kibitz_client import serving, wait_until
+from .kibitz_client import serving
 
 
 def test_history_is_kept_forever_unless_a_retention_is_set() -> None:

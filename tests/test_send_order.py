@@ -18,8 +18,7 @@ from kibitz.app import Kibitz
 from kibitz.messages import SendOrder
 from kibitz.models import Conversation, User
 from kibitz.settings import load_settings
-
-from .kibitz_client import wait_until
+from kibitz.testing import wait_until
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from kibitz.database import leases
 from kibitz.leases import Leases
 from kibitz.plugins import snowflake
 from kibitz.plugins.snowflake import EPOCH_MS, IdsUnavailable, SnowflakeIds, decode
+from kibitz.testing import wait_until
 
 from .clock import Clock
-from .kibitz_client import wait_until
 
 T0 = 1_780_000_000.0  # 2026-05-28, a fixed wall-clock time
 

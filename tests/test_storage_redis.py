@@ -1,4 +1,6 @@
-"""The ``redis`` storage plugin against a real redis-server, and in embedded mode."""
+"""The ``redis`` storage plugin against a real redis-server, and in embedded mode: what is
+Redis's own (settings, key layout, the embedded server); the Storage contract it keeps is
+tested in ``test_slot_contracts.py``."""
 
 from __future__ import annotations
 
@@ -11,26 +13,15 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from kibitz import ConfigError, Message, Page, PluginSettings, StoredMessage
+from kibitz import ConfigError, Message, PluginSettings, StoredMessage
 from kibitz.plugins import redis as redis_plugin
 from kibitz.plugins.redis import RedisStorage, register_storage
-
-CID = 7_000_000_001  # conversations are per test anyway: each test gets its own key prefix
-IDS = list(range(10, 101, 10))  # 10, 20, ..., 100: gaps let bounds fall between ids
+from kibitz.testing.storage import CID, IDS, ids, message
 
 
 @dataclass
 class App:
     data_dir: Path
-
-
-def message(mid: int, cid: int = CID, sender: int = 1, cmid: str | None = None) -> StoredMessage:
-    m = Message(mid, cid, sender, f"body {mid}", cmid or f"c{mid}", "2026-11-24T10:00:00.000Z")
-    return StoredMessage.of(m)
-
-
-def ids(page: Page) -> list[int]:
-    return [Message.from_json(raw).id for raw in page.messages]
 
 
 @pytest.fixture
@@ -46,12 +37,6 @@ async def storage(redis_url: str, tmp_path: Path) -> AsyncIterator[RedisStorage]
     if keys:
         await raw.delete(*keys)
     await raw.aclose()
-
-
-@pytest.fixture
-async def filled(storage: RedisStorage) -> RedisStorage:
-    await storage.append([message(i) for i in IDS])
-    return storage
 
 
 def test_register_storage() -> None:
@@ -93,182 +78,9 @@ def test_config_errors_hide_passwords_and_check_types() -> None:
         RedisStorage(PluginSettings("redis", {"prefix": 1}, {}))
 
 
-async def test_latest_page(filled: RedisStorage) -> None:
-    page = await filled.page(CID, None, None, 3)
-    assert (ids(page), page.has_more) == ([80, 90, 100], True)
-    page = await filled.page(CID, None, None, 9)
-    assert (ids(page), page.has_more) == (IDS[1:], True)
-    for limit in (10, 11, 200):
-        page = await filled.page(CID, None, None, limit)
-        assert (ids(page), page.has_more) == (IDS, False)
-    page = await filled.page(CID, None, None, 1)
-    assert (ids(page), page.has_more) == ([100], True)
-
-
-async def test_before_page(filled: RedisStorage) -> None:
-    page = await filled.page(CID, 100, None, 3)
-    assert (ids(page), page.has_more) == ([70, 80, 90], True)
-    page = await filled.page(CID, 40, None, 3)
-    assert (ids(page), page.has_more) == ([10, 20, 30], False)
-    page = await filled.page(CID, 40, None, 2)
-    assert (ids(page), page.has_more) == ([20, 30], True)
-    page = await filled.page(CID, 45, None, 4)
-    assert (ids(page), page.has_more) == ([10, 20, 30, 40], False)
-    page = await filled.page(CID, 10, None, 5)
-    assert (ids(page), page.has_more) == ([], False)
-    page = await filled.page(CID, 2**60, None, 3)  # beyond every id: as with no bound
-    assert (ids(page), page.has_more) == ([80, 90, 100], True)
-
-
-async def test_after_page(filled: RedisStorage) -> None:
-    page = await filled.page(CID, None, 10, 3)
-    assert (ids(page), page.has_more) == ([20, 30, 40], True)
-    page = await filled.page(CID, None, 70, 3)
-    assert (ids(page), page.has_more) == ([80, 90, 100], False)
-    page = await filled.page(CID, None, 65, 2)
-    assert (ids(page), page.has_more) == ([70, 80], True)
-    page = await filled.page(CID, None, 0, 10)
-    assert (ids(page), page.has_more) == (IDS, False)
-    page = await filled.page(CID, None, 0, 9)
-    assert (ids(page), page.has_more) == (IDS[:9], True)
-    page = await filled.page(CID, None, 100, 5)
-    assert (ids(page), page.has_more) == ([], False)
-
-
-async def test_page_between(filled: RedisStorage) -> None:
-    page = await filled.page(CID, 80, 20, 3)
-    assert (ids(page), page.has_more) == ([30, 40, 50], True)
-    page = await filled.page(CID, 80, 20, 4)
-    assert (ids(page), page.has_more) == ([30, 40, 50, 60], True)
-    page = await filled.page(CID, 80, 20, 5)  # 80 itself is excluded: nothing newer before it
-    assert (ids(page), page.has_more) == ([30, 40, 50, 60, 70], False)
-    page = await filled.page(CID, 75, 25, 5)
-    assert (ids(page), page.has_more) == ([30, 40, 50, 60, 70], False)
-    page = await filled.page(CID, 30, 20, 5)
-    assert (ids(page), page.has_more) == ([], False)
-    page = await filled.page(CID, 20, 80, 5)  # an empty range, bounds crossed
-    assert (ids(page), page.has_more) == ([], False)
-
-
-async def test_pages_of_an_empty_conversation(storage: RedisStorage) -> None:
-    for before, after in ((None, None), (100, None), (None, 0), (100, 0)):
-        assert await storage.page(CID, before, after, 50) == Page([], False)
-
-
-async def test_page_limit_below_one_is_refused(storage: RedisStorage) -> None:
-    with pytest.raises(ValueError):
-        await storage.page(CID, None, None, 0)
-
-
-async def test_pages_return_the_stored_bytes_as_they_are(storage: RedisStorage) -> None:
-    raw = b'{ "id": "5",  "body": "caf\\u00e9 \xf0\x9f\x8d\xb5", "extra": [1, 2] }'
-    await storage.append([StoredMessage(5, CID, 1, "odd", raw)])
-    assert (await storage.page(CID, None, None, 10)).messages == [raw]
-    assert await storage.latest([CID]) == [raw]
-    assert (await storage.find_sent([(1, "odd")]))[0] == raw
-
-
-async def test_forget_before_deletes_older_messages_everywhere(storage: RedisStorage) -> None:
-    other = CID + 1
-    await storage.append([message(i, sender=1 + i // 10 % 2) for i in IDS] + [message(5, cid=other)])
-    assert await storage.forget_before(45) == 5  # 10, 20, 30, 40 and the other conversation's 5
-    assert ids(await storage.page(CID, None, None, 100)) == [50, 60, 70, 80, 90, 100]
-    assert (await storage.page(other, None, None, 10)).messages == []
-    assert await storage.unread_counts([(CID, 1, 0), (CID, 2, 0)]) == [3, 3]  # own messages still count
-    assert await storage.forget_before(45) == 0
-
-
-async def test_append_is_idempotent(storage: RedisStorage) -> None:
-    batch = [message(i, sender=1 + i % 3) for i in IDS]
-    await storage.append(batch)
-    before = await storage.unread_counts([(CID, 1, 0), (CID, 2, 30)])
-    await storage.append(batch)
-    await storage.append(batch[3:6] + batch[:2])
-    await storage.append([batch[-1]])
-    page = await storage.page(CID, None, None, 200)
-    assert page.messages == [m.json for m in batch]
-    assert not page.has_more
-    assert await storage.unread_counts([(CID, 1, 0), (CID, 2, 30)]) == before
-    assert (await storage.find_sent([(2, "c10")]))[0] == batch[0].json
-
-
-async def test_ids_must_fit_a_score(storage: RedisStorage) -> None:
-    for bad in (0, 2**53 + 1):
-        with pytest.raises(ValueError):
-            await storage.append([message(bad)])
-    await storage.append([message(2**53), message(2**53 - 1)])
-    assert ids(await storage.page(CID, None, None, 5)) == [2**53 - 1, 2**53]
-    assert ids(await storage.page(CID, None, 2**53 - 1, 5)) == [2**53]
-    assert ids(await storage.page(CID, 2**53, None, 5)) == [2**53 - 1]
-
-
-async def test_unread_counts_exclude_own_messages(storage: RedisStorage) -> None:
-    other = CID + 1
-    senders = {10: 1, 20: 2, 30: 1, 40: 3, 50: 2, 60: 1}
-    await storage.append([message(mid, sender=s) for mid, s in senders.items()])
-    await storage.append([message(15, other, sender=2)])
-    queries = [
-        (CID, 1, 0),  # 20, 40, 50
-        (CID, 2, 0),  # 10, 30, 40, 60
-        (CID, 1, 30),  # 40, 50
-        (CID, 3, 45),  # 50, 60
-        (CID, 1, 60),  # nothing after the newest
-        (CID, 4, 35),  # not a sender at all: 40, 50, 60
-        (other, 1, 0),
-        (other, 2, 0),
-        (CID + 2, 1, 0),  # no messages
-    ]
-    assert await storage.unread_counts(queries) == [3, 4, 2, 2, 0, 3, 1, 0, 0]
-    assert await storage.unread_counts([]) == []
-
-
-async def test_latest(storage: RedisStorage) -> None:
-    a, b, empty = CID, CID + 1, CID + 2
-    await storage.append([message(30, a), message(10, a), message(20, b), message(25, a)])
-    assert await storage.latest([a, empty, b]) == [message(30, a).json, None, message(20, b).json]
-    assert await storage.latest([]) == []
-
-
-async def test_contains(filled: RedisStorage) -> None:
-    assert await filled.contains(CID, 10)
-    assert await filled.contains(CID, 100)
-    assert not await filled.contains(CID, 15)
-    assert not await filled.contains(CID + 1, 10)
-    assert not await filled.contains(CID, 0)
-    assert not await filled.contains(CID, 2**60)
-
-
-async def test_find_sent(storage: RedisStorage) -> None:
-    first = message(10, sender=1, cmid="hello-1")
-    await storage.append([first, message(20, sender=2, cmid="hello-1")])
-    assert (await storage.find_sent([(1, "hello-1")]))[0] == first.json
-    assert (await storage.find_sent([(2, "hello-1")]))[0] == message(20, sender=2, cmid="hello-1").json
-    assert (await storage.find_sent([(1, "hello-2")]))[0] is None
-    assert (await storage.find_sent([(3, "hello-1")]))[0] is None
-    await storage.append([message(30, sender=1, cmid="hello-1")])  # the first one stays the answer
-    assert (await storage.find_sent([(1, "hello-1")]))[0] == first.json
-    assert await storage.find_sent([(1, "hello-1"), (3, "x"), (2, "hello-1")]) == [
-        first.json,
-        None,
-        message(20, sender=2, cmid="hello-1").json,
-    ]
-    assert await storage.find_sent([]) == []
-
-
-async def test_position_only_grows(storage: RedisStorage) -> None:
-    assert await storage.position() == 0
-    await storage.append([message(10)], through=5)
-    assert await storage.position() == 5
-    await storage.append([message(20)], through=3)
-    assert await storage.position() == 5
-    assert ids(await storage.page(CID, None, None, 5)) == [10, 20]
-    await storage.append([], through=12)
-    assert await storage.position() == 12
-    await storage.append([message(30)])
-    assert await storage.position() == 12
-    await storage.append([], through=9)
-    assert await storage.position() == 12
-    await storage.append([], through=2**63 + 1)  # exact beyond a double
+async def test_positions_beyond_a_double_are_exact(storage: RedisStorage) -> None:
+    """Transport positions are uint64 (a NATS stream sequence): compared as decimal strings."""
+    await storage.append([], through=2**63 + 1)
     assert await storage.position() == 2**63 + 1
     await storage.append([], through=2**63)
     assert await storage.position() == 2**63 + 1
@@ -285,10 +97,6 @@ async def test_key_layout(storage: RedisStorage, redis_url: str) -> None:
     assert 29 * 86400 < await raw.ttl(f"{p}client_msg:9:k") <= 30 * 86400
     assert await raw.get(f"{p}position") == b"3"
     await raw.aclose()
-
-
-async def test_check(storage: RedisStorage) -> None:
-    await storage.check()
 
 
 async def test_not_started() -> None:

@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 
+from kibitz.testing import wait_until
+
 from .kibitz_client import (
     Client,
     Server,
@@ -19,7 +21,6 @@ from .kibitz_client import (
     assert_error,
     frames_until_pong,
     long_polls,
-    wait_until,
 )
 
 Event = dict[str, Any]

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from kibitz import CursorExpired, LogEntry, Message, PluginSettings
+from kibitz import LogEntry, Message, PluginSettings
 from kibitz.messages import StorageFollower
 from kibitz.plugins.nats import LIVE_INLINE_BYTES, NatsTransport
 from kibitz.plugins.redis import RedisStorage
-
-from .kibitz_client import wait_until
+from kibitz.testing import wait_until
 
 
 @dataclass
@@ -166,13 +165,3 @@ async def test_a_long_storage_rebuild_reports_its_progress(
         assert len((await storage.page(42, None, None, 100)).messages) == 60
     finally:
         await storage.close()
-
-
-async def test_a_position_beyond_the_log_is_expired(transport: tuple[NatsTransport, Feed]) -> None:
-    """A cursor from after the point a restored backup ends: what followed it is gone."""
-    t, _ = transport
-    (user,) = users(1)
-    (position,) = await t.append([LogEntry((user,), b"{}")])
-    assert (await t.read(user, position, 10))[0] == []
-    with pytest.raises(CursorExpired):
-        await t.read(user, await t.now() + 5, 10)

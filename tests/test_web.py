@@ -16,7 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from .kibitz_client import KIBITZ, PASSWORD, Server, make_server, wait_until
+from kibitz.testing import wait_until
+
+from .kibitz_client import KIBITZ, PASSWORD, Server, make_server
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

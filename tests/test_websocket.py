@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from kibitz.testing import wait_until
+
 from .kibitz_client import (
     Client,
     Server,
@@ -22,7 +24,6 @@ from .kibitz_client import (
     connect,
     frames_until_pong,
     hello,
-    wait_until,
 )
 
 Frame = dict[str, Any]

@@ -46,6 +46,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
 
 from kibitz import (
+    App,
     BackupRecords,
     ChildProcess,
     ConfigError,
@@ -138,7 +139,7 @@ class NatsTransport:
 
     # -- lifecycle -------------------------------------------------------------
 
-    async def start(self, app: Any) -> None:
+    async def start(self, app: App) -> None:
         if self.embedded:
             self.child = await _start_embedded(Path(app.data_dir) / "nats")
             self.servers = [f"nats://127.0.0.1:{self.child.port}"]

@@ -81,7 +81,7 @@ async def restore(transport: NatsTransport, records: AsyncIterator[bytes]) -> No
         data = record[_HEAD.size + length :]
         if seq != expected + len(batch) or len(batch) == WRITE_MESSAGES or size + len(data) > WRITE_BYTES:
             await flush()
-        while expected < seq:  # a hole in the sequence: a placeholder, deleted at once
+        while expected + len(batch) < seq:  # a hole (so the batch was flushed): a placeholder, deleted
             ack = await js.publish(LIVE, b"")
             await js.delete_msg(STREAM, ack.seq)
             expected = ack.seq + 1

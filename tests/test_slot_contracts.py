@@ -1,0 +1,110 @@
+"""Every built-in transport and storage passes the contract of its slot (``kibitz.testing``),
+found through its entry point and started as ``kibitz serve`` starts it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from kibitz.testing import Feed, StorageContract, TransportContract, slot_app, started_slot
+
+MakeTransport = Callable[..., AbstractAsyncContextManager[Any]]
+
+
+def transport_maker(tmp_path: Path, name: str, settings: Callable[[bool], dict[str, Any]]) -> MakeTransport:
+    """``make_transport`` for the plugin ``name``: ``settings(empty)`` is its table."""
+
+    @asynccontextmanager
+    async def make(feed: Feed, empty: bool = False, shared_with: Any = None) -> AsyncIterator[Any]:
+        folder = tmp_path / uuid.uuid4().hex
+        async with (
+            slot_app(folder, instance_id=folder.name) as app,
+            started_slot(
+                "transport",
+                name,
+                app,
+                settings(empty),
+                before_start=lambda t: t.listen(feed.on_event, feed.on_signal),
+            ) as transport,
+        ):
+            yield transport
+
+    return make
+
+
+class TestMemoryTransport(TransportContract):
+    @pytest.fixture
+    def make_transport(self, tmp_path: Path) -> MakeTransport:
+        memory = transport_maker(tmp_path, "memory", lambda empty: {})
+
+        @asynccontextmanager
+        async def make(feed: Feed, empty: bool = False, shared_with: Any = None) -> AsyncIterator[Any]:
+            if shared_with is not None:
+                yield None  # one instance only
+                return
+            async with memory(feed) as transport:
+                yield transport
+
+        return make
+
+
+class TestNatsTransport(TransportContract):
+    @pytest.fixture
+    def make_transport(self, tmp_path: Path, nats_url: str) -> MakeTransport:
+        """On the session's nats-server; ``empty``: an embedded one of its own."""
+        return transport_maker(tmp_path, "nats", lambda empty: {} if empty else {"url": nats_url})
+
+
+@asynccontextmanager
+async def redis_storage(tmp_path: Path, redis_url: str) -> AsyncIterator[Any]:
+    """A redis storage on the session's Redis with a key prefix of its own (removed after)."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    async with (
+        slot_app(tmp_path / prefix) as app,
+        started_slot("storage", "redis", app, {"url": redis_url, "prefix": prefix}) as storage,
+    ):
+        yield storage
+    raw = Redis.from_url(redis_url)
+    keys = [key async for key in raw.scan_iter(match=f"{prefix}*")]
+    if keys:
+        await raw.delete(*keys)
+    await raw.aclose()
+
+
+class TestRedisStorage(StorageContract):
+    @pytest.fixture
+    async def storage(self, tmp_path: Path, redis_url: str) -> AsyncIterator[Any]:
+        async with redis_storage(tmp_path, redis_url) as storage:
+            yield storage
+
+    @pytest.fixture
+    async def empty_storage(self, tmp_path: Path, redis_url: str) -> AsyncIterator[Any]:
+        async with redis_storage(tmp_path, redis_url) as storage:
+            yield storage
+
+
+@asynccontextmanager
+async def memory_storage(tmp_path: Path) -> AsyncIterator[Any]:
+    async with (
+        slot_app(tmp_path / uuid.uuid4().hex) as app,
+        started_slot("storage", "memory", app) as storage,
+    ):
+        yield storage
+
+
+class TestMemoryStorage(StorageContract):
+    @pytest.fixture
+    async def storage(self, tmp_path: Path) -> AsyncIterator[Any]:
+        async with memory_storage(tmp_path) as storage:
+            yield storage
+
+    @pytest.fixture
+    async def empty_storage(self, tmp_path: Path) -> AsyncIterator[Any]:
+        async with memory_storage(tmp_path) as storage:
+            yield storage
