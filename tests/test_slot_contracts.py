@@ -3,6 +3,8 @@ found through its entry point and started as ``kibitz serve`` starts it."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -13,6 +15,8 @@ import pytest
 from redis.asyncio import Redis
 
 from kibitz.testing import Feed, StorageContract, TransportContract, slot_app, started_slot
+
+from .conftest import fresh_postgres_database
 
 MakeTransport = Callable[..., AbstractAsyncContextManager[Any]]
 
@@ -107,4 +111,70 @@ class TestMemoryStorage(StorageContract):
     @pytest.fixture
     async def empty_storage(self, tmp_path: Path) -> AsyncIterator[Any]:
         async with memory_storage(tmp_path) as storage:
+            yield storage
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_database(request: pytest.FixtureRequest) -> Callable[[], AbstractAsyncContextManager[str]]:
+    """Makes databases of the test's own: SQLite in its folder (``""``: slot_app's default),
+    or a fresh PostgreSQL database when KIBITZ_TEST_DATABASE_URL names a server."""
+    if request.param == "sqlite":
+
+        @asynccontextmanager
+        async def sqlite() -> AsyncIterator[str]:
+            yield ""
+
+        return sqlite
+    base = os.environ.get("KIBITZ_TEST_DATABASE_URL")
+    if not base:
+        pytest.skip("KIBITZ_TEST_DATABASE_URL is not set")
+    return lambda: fresh_postgres_database(base)
+
+
+class TestSqlTransport(TransportContract):
+    @pytest.fixture
+    def make_transport(self, tmp_path: Path, sql_database: Any) -> MakeTransport:
+        urls: dict[int, str] = {}
+
+        @asynccontextmanager
+        async def make(feed: Feed, empty: bool = False, shared_with: Any = None) -> AsyncIterator[Any]:
+            folder = tmp_path / uuid.uuid4().hex
+            async with contextlib.AsyncExitStack() as stack:
+                if shared_with is None:
+                    url = await stack.enter_async_context(sql_database())
+                else:
+                    url = urls[id(shared_with)]
+                    if not url:
+                        yield None  # SQLite: one instance only
+                        return
+                app = await stack.enter_async_context(slot_app(folder, url, instance_id=folder.name))
+                listen = lambda t: t.listen(feed.on_event, feed.on_signal)  # noqa: E731
+                transport = await stack.enter_async_context(started_slot("transport", "sql", app, {}, listen))
+                urls[id(transport)] = url
+                yield transport
+
+        return make
+
+
+@asynccontextmanager
+async def sql_storage(
+    tmp_path: Path, database: Callable[[], AbstractAsyncContextManager[str]]
+) -> AsyncIterator[Any]:
+    async with (
+        database() as url,
+        slot_app(tmp_path / uuid.uuid4().hex, url) as app,
+        started_slot("storage", "sql", app) as storage,
+    ):
+        yield storage
+
+
+class TestSqlStorage(StorageContract):
+    @pytest.fixture
+    async def storage(self, tmp_path: Path, sql_database: Any) -> AsyncIterator[Any]:
+        async with sql_storage(tmp_path, sql_database) as storage:
+            yield storage
+
+    @pytest.fixture
+    async def empty_storage(self, tmp_path: Path, sql_database: Any) -> AsyncIterator[Any]:
+        async with sql_storage(tmp_path, sql_database) as storage:
             yield storage
