@@ -59,31 +59,51 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "relational: run the module's tests on SQLite and on PostgreSQL")
+    config.addinivalue_line(
+        "markers", "protocol: run the module's tests on every supported stack (default, sql, memory)"
+    )
     config.addinivalue_line("markers", "container: the slow test that builds and runs the container image")
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Tests that use the session server run on SQLite; those marked ``relational`` on PostgreSQL too.
+# The stacks the session server runs on: (transport, storage, database).
+STACKS = {
+    "default": ("nats", "redis", "sqlite"),  # the appliance: the session's NATS and Redis
+    "postgresql": ("nats", "redis", "postgresql"),  # relational state on PostgreSQL
+    "sql": ("sql", "sql", "postgresql"),  # PostgreSQL alone: no NATS, no Redis
+    "memory": ("memory", "memory", "sqlite"),  # one process, nothing else
+}
 
-    Every such test is parametrized the same way, so all of them share one SQLite server.
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests that use the session server run on the default stack; those marked
+    ``relational`` on PostgreSQL too, and those marked ``protocol`` on every stack (the sql
+    one has its relational state on PostgreSQL as well).
+
+    Every such test is parametrized the same way, so all of them share one server per stack.
     """
-    if "database" in metafunc.fixturenames:
-        relational = metafunc.definition.get_closest_marker("relational")
-        kinds = ["sqlite", "postgresql"] if relational else ["sqlite"]
-        metafunc.parametrize("database", kinds, indirect=True, scope="session")
+    if "stack" in metafunc.fixturenames:
+        stacks = ["default"]
+        if metafunc.definition.get_closest_marker("protocol"):
+            stacks += ["sql", "memory"]
+        elif metafunc.definition.get_closest_marker("relational"):
+            stacks += ["postgresql"]
+        metafunc.parametrize("stack", stacks, indirect=True, scope="session")
 
 
 @pytest.fixture(scope="session")
-async def database(request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    """``sqlite``, or the URL of a fresh PostgreSQL database made from KIBITZ_TEST_DATABASE_URL."""
-    if request.param == "sqlite":
-        yield "sqlite"
+async def stack(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, str]]:
+    """The environment of the session server on one stack; a fresh PostgreSQL database
+    made from KIBITZ_TEST_DATABASE_URL where the stack needs one."""
+    transport, storage, database = STACKS[request.param]
+    env = {"KIBITZ_TRANSPORT": transport, "KIBITZ_STORAGE": storage}
+    if database == "sqlite":
+        yield env
         return
     base = os.environ.get("KIBITZ_TEST_DATABASE_URL")
     if not base:
         pytest.skip("KIBITZ_TEST_DATABASE_URL is not set")
     async with fresh_postgres_database(base) as url:
-        yield url
+        yield env | {"KIBITZ_DATABASE_URL": url}
 
 
 @asynccontextmanager
@@ -124,20 +144,18 @@ async def kind(engine: AsyncEngine) -> AsyncIterator[str]:
 
 @pytest.fixture(scope="session")
 def server(
-    database: str, nats_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    stack: dict[str, str], nats_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    """A real ``kibitz serve`` for the session, with the example plugin enabled.
+    """A real ``kibitz serve`` for the session on one stack, with the example plugin enabled.
 
-    On SQLite it uses the session's NATS and Redis; the PostgreSQL one (for ``relational``
-    tests) runs embedded NATS and Redis of its own, so the two never share a log.
+    The default stack uses the session's NATS and Redis; the PostgreSQL one runs embedded
+    NATS and Redis of its own, so the two never share a log.
     """
     data = tmp_path_factory.mktemp("kibitz") / "data"
-    if database == "sqlite":
-        server = make_server(
-            data, KIBITZ_NATS_URL=nats_url, KIBITZ_REDIS_URL=redis_url, KIBITZ_PLUGINS="example"
-        )
-    else:
-        server = make_server(data, KIBITZ_DATABASE_URL=database, KIBITZ_PLUGINS="example")
+    env = stack | {"KIBITZ_PLUGINS": "example"}
+    if stack == {"KIBITZ_TRANSPORT": "nats", "KIBITZ_STORAGE": "redis"}:
+        env |= {"KIBITZ_NATS_URL": nats_url, "KIBITZ_REDIS_URL": redis_url}
+    server = make_server(data, **env)
     server.start()
     yield server
     server.stop()

@@ -15,8 +15,9 @@ import pytest
 
 from .kibitz_client import Client, Session, assert_error
 
-# Conversations and members are relational state: these tests run on SQLite and on PostgreSQL.
-pytestmark = pytest.mark.relational
+# The client contract: these tests run on every supported stack (default, sql, memory); the
+# sql one keeps conversations and members on PostgreSQL.
+pytestmark = pytest.mark.protocol
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 NO_SUCH_ID = "999999999999"  # a well-formed id that no user, conversation or message has

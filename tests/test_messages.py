@@ -16,8 +16,12 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from .kibitz_client import Client, Session, Socket, assert_error
+
+# The client contract: these tests run on every supported stack (default, sql, memory).
+pytestmark = pytest.mark.protocol
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 NO_SUCH_ID = "999999999999"

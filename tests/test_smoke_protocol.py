@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from .kibitz_client import Client, Socket
+
+# The client contract: these tests run on every supported stack (default, sql, memory).
+pytestmark = pytest.mark.protocol
 
 
 async def test_two_users_chat_live_and_in_history(client: Client) -> None:

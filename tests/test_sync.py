@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 
 from kibitz.testing import wait_until
 
@@ -22,6 +23,9 @@ from .kibitz_client import (
     frames_until_pong,
     long_polls,
 )
+
+# The client contract: these tests run on every supported stack (default, sql, memory).
+pytestmark = pytest.mark.protocol
 
 Event = dict[str, Any]
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
 
 from kibitz.testing import wait_until
 
@@ -27,6 +28,9 @@ from .kibitz_client import (
 )
 
 Frame = dict[str, Any]
+
+# The client contract: these tests run on every supported stack (default, sql, memory).
+pytestmark = pytest.mark.protocol
 
 
 def is_event(kind: str) -> Callable[[Frame], bool]:
