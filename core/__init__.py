@@ -1,11 +1,11 @@
 """Kibitz: a self-hosted chat appliance. The public names plugins import."""
 
-from .errors import ConfigError, CursorExpired, Rejected, Unavailable
+from .errors import ConfigError, CursorExpired, InvalidRequest, NotFound, Rejected, Unavailable
 from .hookspecs import hookimpl
 from .leases import Lease, Leases, LeaseUnavailable
 from .logs import redact_url
 from .models import Conversation, Device, Draft, LogEntry, Message, PushSubscription, User
-from .outbound import Outbound, check_url
+from .outbound import Outbound, check_url, retry_pause, retryable
 from .settings import PluginSettings
 from .slots import (
     BackupRecords,
@@ -32,6 +32,7 @@ __all__ = [
     "Draft",
     "Finding",
     "IdGenerator",
+    "InvalidRequest",
     "Lease",
     "LeaseUnavailable",
     "Leases",
@@ -39,6 +40,7 @@ __all__ = [
     "LiveSignal",
     "LogEntry",
     "Message",
+    "NotFound",
     "Notifier",
     "Outbound",
     "Page",
@@ -56,4 +58,6 @@ __all__ = [
     "free_port",
     "hookimpl",
     "redact_url",
+    "retry_pause",
+    "retryable",
 ]
