@@ -1,12 +1,12 @@
 """Kibitz: a self-hosted chat appliance. The public names plugins import."""
 
 from .app_protocol import App
-from .errors import ConfigError, CursorExpired, NotFound, Rejected, Unavailable
+from .errors import ConfigError, CursorExpired, InvalidRequest, NotFound, Rejected, Unavailable
 from .hookspecs import hookimpl
 from .leases import Lease, Leases, LeaseUnavailable
 from .logs import redact_url
 from .models import Conversation, Device, Draft, LogEntry, Message, PushSubscription, User
-from .outbound import Outbound, check_url
+from .outbound import Outbound, check_url, retry_pause, retryable
 from .settings import PluginSettings
 from .slots import (
     BackupRecords,
@@ -34,6 +34,7 @@ __all__ = [
     "Draft",
     "Finding",
     "IdGenerator",
+    "InvalidRequest",
     "Lease",
     "LeaseUnavailable",
     "Leases",
@@ -59,4 +60,6 @@ __all__ = [
     "free_port",
     "hookimpl",
     "redact_url",
+    "retry_pause",
+    "retryable",
 ]

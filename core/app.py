@@ -110,6 +110,9 @@ class Kibitz:
         """
         try:
             await self._start_parts()
+        except ConfigError as e:  # a setting only a started part can check (a webhook's address)
+            await self.stop()
+            raise ConfigError(str(e)) from None
         except Exception as e:
             await self.stop()
             raise StartupError(f"{self._starting}: {type(e).__name__}: {e}") from e

@@ -94,6 +94,8 @@ def serve(settings: Settings) -> int:
             motd=False,
             protocol=KibitzProtocol,
         )
+    except ConfigError:
+        raise
     except Exception as e:
         log.error("start_failed", extra={"error": f"{type(e).__name__}: {e}"})
         print(f"kibitz: could not start: {type(e).__name__}: {e}", file=sys.stderr)

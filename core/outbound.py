@@ -9,13 +9,18 @@ to: its resolver drops every address that is not public, so a DNS answer that ch
 since cannot lead inside. Redirects are never followed. With ``allow_insecure``
 (``KIBITZ_PUSH_ALLOW_INSECURE=1``, for tests and labs) ``http://`` and any address are
 allowed.
+
+``retryable`` and ``retry_pause`` are the policy for trying such a request again: after
+429, 5xx or no answer, waiting what ``Retry-After`` asks or a doubling pause.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import ipaddress
 import socket
+import time
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -27,6 +32,8 @@ from .errors import InvalidRequest, Unavailable
 
 RESOLVE_TIMEOUT = 5.0
 MAX_ANSWER_BYTES = 64 * 1024  # of an answer's body read before it is dropped
+FIRST_PAUSE = 1.0  # seconds before the second try, doubled before each one after it
+MAX_PAUSE = 60.0  # seconds at most between two tries, whatever Retry-After says
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
@@ -140,3 +147,29 @@ class Outbound:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def retryable(status: int) -> bool:
+    """Whether a request answered ``status`` may succeed if tried again: 429, 5xx, or 0 for
+    no answer at all (the connection failed or timed out)."""
+    return status == 0 or status == 429 or status >= 500
+
+
+def retry_pause(attempt: int, headers: Mapping[str, str]) -> float:
+    """Seconds to wait after try number ``attempt`` (1 for the first) failed: what the
+    answer's ``Retry-After`` asks, else ``FIRST_PAUSE`` doubled with each try; at most
+    ``MAX_PAUSE``."""
+    doubled = FIRST_PAUSE * 2 ** min(attempt - 1, 16)  # a bound on the power, far past MAX_PAUSE
+    return min(_retry_after(headers) or doubled, MAX_PAUSE)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from a ``Retry-After`` header (a number or an HTTP date), if there is one."""
+    value = headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

@@ -14,7 +14,8 @@ with ``KIBITZ_PUSH_PREVIEW=0``.
 
 Answers: 2xx is done; 404 and 410 delete the subscription (the browser dropped it); 429
 and 5xx are tried again, up to ``ATTEMPTS`` times in all, after their ``Retry-After``
-(at most ``MAX_PAUSE``) or a doubling pause; anything else is logged and dropped.
+or a doubling pause (``kibitz.retry_pause``: 1 s, then doubling, at most 60 s); anything
+else is logged and dropped.
 Requests go through ``kibitz.Outbound``: public addresses only, no redirects, a timeout
 on each, at most ``AT_ONCE`` at a time, so a slow push service holds that many and no
 more.
@@ -27,7 +28,6 @@ Settings (``[webpush]``, ``KIBITZ_WEBPUSH_*``): ``subject``, the VAPID contact, 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -47,14 +47,14 @@ from kibitz import (
     PluginSettings,
     PushSubscription,
     hookimpl,
+    retry_pause,
+    retryable,
 )
 
 log = logging.getLogger("kibitz.webpush")
 
 PREVIEW_CHARS = 200
 ATTEMPTS = 4
-FIRST_PAUSE = 1.0
-MAX_PAUSE = 60.0  # seconds at most between two tries, whatever Retry-After says
 AT_ONCE = 64  # pushes in flight at once, over every push service
 JWT_LIFETIME = 12 * 3600
 REQUEST_TIMEOUT = 15.0
@@ -112,7 +112,6 @@ class WebPushNotifier:
     async def _deliver(self, subscription: PushSubscription, data: bytes, topic: str) -> None:
         """Send one push, trying again after 429 and 5xx; forget a subscription that is gone."""
         assert self.outbound is not None
-        pause = FIRST_PAUSE
         for attempt in range(1, ATTEMPTS + 1):
             async with self._turns:
                 try:
@@ -129,12 +128,11 @@ class WebPushNotifier:
             if status in (404, 410):
                 await self.app.push.forget(subscription)
                 return
-            if status and status != 429 and status < 500:
+            if not retryable(status):
                 log.warning("push_refused", extra={"status": status, "subscription": subscription.id})
                 return
             if attempt < ATTEMPTS:
-                await asyncio.sleep(min(_retry_after(answer) or pause, MAX_PAUSE))
-                pause *= 2
+                await asyncio.sleep(retry_pause(attempt, answer))
         log.warning("push_given_up", extra={"subscription": subscription.id, "attempts": ATTEMPTS})
 
     def _request(
@@ -174,15 +172,3 @@ class WebPushNotifier:
 
 def _is_contact(value: str) -> bool:
     return (value.startswith("mailto:") and "@" in value) or value.startswith("https://")
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from a ``Retry-After`` header (a number or an HTTP date), if there is one."""
-    value = headers.get("Retry-After", "").strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())

@@ -3,10 +3,13 @@ address really connected to, no redirects."""
 
 from __future__ import annotations
 
+import email.utils
+import time
+
 import pytest
 from aiohttp import web
 
-from kibitz import Outbound, check_url
+from kibitz import Outbound, check_url, retry_pause, retryable
 from kibitz.errors import InvalidRequest
 from kibitz.outbound import _PublicOnly, is_public_address
 from kibitz.supervisor import free_port
@@ -87,3 +90,18 @@ async def test_outbound_never_connects_inside_and_never_follows_a_redirect() -> 
         await guarded.close()
         await open_.close()
         await runner.cleanup()
+
+
+def test_tries_again_after_429_5xx_or_no_answer_only() -> None:
+    assert [s for s in (0, 200, 301, 400, 404, 410, 429, 500, 503) if retryable(s)] == [0, 429, 500, 503]
+
+
+def test_the_pause_doubles_from_one_second_follows_retry_after_and_stops_at_a_minute() -> None:
+    assert [retry_pause(attempt, {}) for attempt in (1, 2, 3, 4, 7, 1000)] == [1, 2, 4, 8, 60, 60]
+    assert retry_pause(3, {"Retry-After": "7"}) == 7
+    assert retry_pause(1, {"Retry-After": "3600"}) == 60
+    assert retry_pause(2, {"Retry-After": "soon"}) == 2
+    in_a_while = email.utils.formatdate(time.time() + 3600, usegmt=True)
+    assert retry_pause(1, {"Retry-After": in_a_while}) == 60
+    long_ago = email.utils.formatdate(time.time() - 3600, usegmt=True)
+    assert retry_pause(2, {"Retry-After": long_ago}) == 2  # a date gone by: the pause of the try
