@@ -2,6 +2,7 @@
 
 from .errors import ConfigError, CursorExpired, Rejected, Unavailable
 from .hookspecs import hookimpl
+from .ids import EPOCH_MS, TIME_SHIFT, IdsUnavailable, first_id_of
 from .leases import Lease, Leases, LeaseUnavailable
 from .logs import redact_url
 from .models import Conversation, Device, Draft, LogEntry, Message, PushSubscription, User
@@ -23,6 +24,8 @@ from .supervisor import ChildProcess, find_binary, free_port
 from .tasks import Tasks
 
 __all__ = [
+    "EPOCH_MS",
+    "TIME_SHIFT",
     "BackupRecords",
     "ChildProcess",
     "ConfigError",
@@ -32,6 +35,7 @@ __all__ = [
     "Draft",
     "Finding",
     "IdGenerator",
+    "IdsUnavailable",
     "Lease",
     "LeaseUnavailable",
     "Leases",
@@ -53,6 +57,7 @@ __all__ = [
     "User",
     "check_url",
     "find_binary",
+    "first_id_of",
     "free_port",
     "hookimpl",
     "redact_url",
