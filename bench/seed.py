@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import orjson
 
-from kibitz import PluginSettings, StoredMessage
+from kibitz import EPOCH_MS, TIME_SHIFT, PluginSettings, StoredMessage
 from kibitz.plugins.redis import RedisStorage
 
 from .clients import stamped_body
@@ -26,8 +26,7 @@ from .clients import stamped_body
 BATCH = 10_000
 IN_PROCESS = 100_000  # fewer than this: not worth starting processes
 PROCESSES = 2  # encoding the commands is the slow part, and it is Python: one process per core
-ID_STEP = 4096  # one snowflake millisecond apart (41 bits of time over 12 of worker and sequence)
-SNOWFLAKE_EPOCH_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+ID_STEP = 1 << TIME_SHIFT  # one millisecond apart (the time sits above the lowest 12 bits)
 
 
 def seeded_ids(newest_real: int, count: int) -> list[int]:
@@ -35,9 +34,9 @@ def seeded_ids(newest_real: int, count: int) -> list[int]:
     return [newest_real - (count - k) * ID_STEP for k in range(count)]
 
 
-def _created_at(snowflake: int) -> str:
-    """The time a snowflake id carries (docs/architecture.md: ms since 2026-01-01 above 12 bits)."""
-    ms = (snowflake >> 12) + SNOWFLAKE_EPOCH_MS
+def _created_at(message_id: int) -> str:
+    """The time an id carries (``kibitz.first_id_of``: ms since 2026-01-01 above 12 bits)."""
+    ms = (message_id >> TIME_SHIFT) + EPOCH_MS
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 

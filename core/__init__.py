@@ -3,6 +3,7 @@
 from .app_protocol import App
 from .errors import ConfigError, CursorExpired, InvalidRequest, NotFound, Rejected, Unavailable
 from .hookspecs import hookimpl
+from .ids import EPOCH_MS, TIME_SHIFT, IdsUnavailable, first_id_of
 from .leases import Lease, Leases, LeaseUnavailable
 from .logs import redact_url
 from .models import Conversation, Device, Draft, LogEntry, Message, PushSubscription, User
@@ -24,6 +25,8 @@ from .supervisor import ChildProcess, find_binary, free_port
 from .tasks import Tasks
 
 __all__ = [
+    "EPOCH_MS",
+    "TIME_SHIFT",
     "App",
     "BackupRecords",
     "ChildProcess",
@@ -34,6 +37,7 @@ __all__ = [
     "Draft",
     "Finding",
     "IdGenerator",
+    "IdsUnavailable",
     "InvalidRequest",
     "Lease",
     "LeaseUnavailable",
@@ -57,6 +61,7 @@ __all__ = [
     "User",
     "check_url",
     "find_binary",
+    "first_id_of",
     "free_port",
     "hookimpl",
     "redact_url",

@@ -85,8 +85,8 @@ class PluginSettings(Mapping[str, Any]):
     def source(self, key: str) -> str:
         return self._sources.get(key, f"[{self.plugin}] {key}")
 
-    def integer(self, key: str, default: int, minimum: int = 0) -> int:
-        return _integer(self.source(key), self.get(key, default), minimum)
+    def integer(self, key: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+        return _integer(self.source(key), self.get(key, default), minimum, maximum)
 
     def duration(self, key: str, default: float) -> float:
         return parse_duration(self.source(key), self.get(key, default))

@@ -212,8 +212,9 @@ class IdGenerator(Protocol):
         """A new id, larger than every id this generator gave before."""
 
     def first_id_at(self, unix_ms: int) -> int:
-        """The smallest id any instance could give at ``unix_ms``: every id given earlier is
-        smaller (what history retention cuts at)."""
+        """No larger than any id that any instance gives at or after ``unix_ms``, and as close
+        to them as the generator can tell, so that ids given well before are smaller. History
+        retention deletes below it: too high, and it would delete newer messages."""
 
 
 class Notifier(Protocol):

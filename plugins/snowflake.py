@@ -1,7 +1,8 @@
 """The ``snowflake`` ids plugin: time-sortable message ids, unique across instances.
 
 An id is a 53-bit integer, so it is exact as a JSON number and as a Redis score
-(every id is below 2**53)::
+(every id is below 2**53), with its time where every Kibitz id has it
+(``kibitz.first_id_of``)::
 
     | 41 bits: ms since 2026-01-01T00:00:00Z | 6 bits: worker | 6 bits: sequence |
 
@@ -34,34 +35,36 @@ import logging
 import time
 from collections.abc import Callable
 
-from kibitz import App, ConfigError, Lease, Leases, PluginSettings, Unavailable, hookimpl
+from kibitz import (
+    EPOCH_MS,
+    TIME_SHIFT,
+    App,
+    ConfigError,
+    IdsUnavailable,
+    Lease,
+    Leases,
+    PluginSettings,
+    first_id_of,
+    hookimpl,
+)
 
 log = logging.getLogger("kibitz.snowflake")
 
-EPOCH_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-TIME_BITS = 41
+TIME_BITS = 53 - TIME_SHIFT
 WORKER_BITS = 6
-SEQUENCE_BITS = 6
+SEQUENCE_BITS = TIME_SHIFT - WORKER_BITS
 WORKERS = 1 << WORKER_BITS
 LEASE_KIND = "snowflake"
 
 _SEQUENCE_MAX = (1 << SEQUENCE_BITS) - 1
 _WORKER_SHIFT = SEQUENCE_BITS
-_TIME_SHIFT = WORKER_BITS + SEQUENCE_BITS
 _LAST_MS = EPOCH_MS + (1 << TIME_BITS) - 1
-
-
-class IdsUnavailable(Unavailable):
-    """No id can be handed out safely right now (lease lost or not renewed, or closed): a 503."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, retry_after=1)
 
 
 def decode(snowflake: int) -> tuple[int, int, int]:
     """An id's ``(unix_ms, worker, sequence)``."""
     return (
-        (snowflake >> _TIME_SHIFT) + EPOCH_MS,
+        (snowflake >> TIME_SHIFT) + EPOCH_MS,
         (snowflake >> _WORKER_SHIFT) & (WORKERS - 1),
         snowflake & _SEQUENCE_MAX,
     )
@@ -140,11 +143,11 @@ class SnowflakeIds:
             raise IdsUnavailable(self._blocked or "the snowflake worker lease could not be renewed in time")
         self._ms = ms
         self._sequence = sequence
-        return ((ms - EPOCH_MS) << _TIME_SHIFT) | self._worker | sequence
+        return first_id_of(ms) | self._worker | sequence
 
     def first_id_at(self, unix_ms: int) -> int:
         """The smallest id of that millisecond: worker and sequence 0."""
-        return max(unix_ms - EPOCH_MS, 0) << _TIME_SHIFT
+        return first_id_of(unix_ms)
 
     async def renew(self) -> None:
         """Record a new ceiling (the last ms plus the ttl), or take a new lease if there is none.

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kibitz import ConfigError, PluginSettings
+from kibitz import EPOCH_MS, ConfigError, IdsUnavailable, PluginSettings
 from kibitz.database import leases
 from kibitz.leases import Leases
 from kibitz.plugins import snowflake
-from kibitz.plugins.snowflake import EPOCH_MS, IdsUnavailable, SnowflakeIds, decode
+from kibitz.plugins.snowflake import SnowflakeIds, decode
 from kibitz.testing import wait_until
 
 from .clock import Clock

@@ -68,6 +68,7 @@ SIGNAL_CHANNEL = "kibitz_signal"
 MAX_ROWS = 5000  # rows per commit at most (one append's may exceed it: it is never split)
 FEED_BATCH = 5000
 POLL_INTERVAL = 1.0
+CONNECT_TIMEOUT = 30.0
 HEARTBEAT = 10.0
 PRESENCE_TTL = 30.0  # seconds an instance's presence rows count after its last heartbeat
 FORGET_INSTANCES = 300.0  # seconds after which a silent instance's rows are deleted
@@ -89,6 +90,7 @@ class SqlTransport:
         self._pending: deque[Append] = deque()
         self._commit_wake = asyncio.Event()
         self._feed_wake = asyncio.Event()
+        self._listening = asyncio.Event()
         self._seen = 0  # the last position the feed handed over
         self._on_event: LiveEvent | None = None
         self._on_signal: LiveSignal | None = None
@@ -118,6 +120,9 @@ class SqlTransport:
             loops.append(self._listen_loop())
         for loop in loops:
             self._tasks.spawn(loop, name=f"sql-{loop.__name__}")
+        if self._postgres:  # signals sent from now on must reach this instance
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await self._listening.wait()
 
     async def close(self) -> None:
         await self._tasks.cancel()
@@ -291,6 +296,7 @@ class SqlTransport:
         connection.add_termination_listener(lambda _: lost.set())
         await connection.add_listener(LOG_CHANNEL, lambda *_: self._feed_wake.set())
         await connection.add_listener(SIGNAL_CHANNEL, lambda _c, _p, _ch, payload: self._signalled(payload))
+        self._listening.set()
         self._feed_wake.set()
         await lost.wait()
 
