@@ -1,12 +1,15 @@
 """Kibitz: a self-hosted chat appliance. The public names plugins import."""
 
 from .app_protocol import App
-from .errors import ConfigError, CursorExpired, InvalidRequest, NotFound, Rejected, Unavailable
+from .deliveries import Deliveries
+from .errors import ApiError, ConfigError, CursorExpired, InvalidRequest, NotFound, Rejected, Unavailable
 from .hookspecs import hookimpl
 from .ids import EPOCH_MS, TIME_SHIFT, IdsUnavailable, first_id_of
+from .inputs import decode, path_id
 from .leases import Lease, Leases, LeaseUnavailable
 from .logs import redact_url
 from .models import Conversation, Device, Draft, LogEntry, Message, PushSubscription, User
+from .openapi import operation as openapi_operation
 from .outbound import Outbound, check_url, retry_pause, retryable
 from .settings import PluginSettings
 from .slots import (
@@ -27,12 +30,14 @@ from .tasks import Tasks
 __all__ = [
     "EPOCH_MS",
     "TIME_SHIFT",
+    "ApiError",
     "App",
     "BackupRecords",
     "ChildProcess",
     "ConfigError",
     "Conversation",
     "CursorExpired",
+    "Deliveries",
     "Device",
     "Draft",
     "Finding",
@@ -60,10 +65,13 @@ __all__ = [
     "Unavailable",
     "User",
     "check_url",
+    "decode",
     "find_binary",
     "first_id_of",
     "free_port",
     "hookimpl",
+    "openapi_operation",
+    "path_id",
     "redact_url",
     "retry_pause",
     "retryable",

@@ -2,7 +2,8 @@
 
 Passwords are hashed with argon2id (``kibitz.passwords``: worker threads, served fairly
 by client address). A session is a device with a random token; only the token's SHA-256
-is stored, so a leaked database holds no usable token.
+is stored, so a leaked database holds no usable token. A bot is an account with no
+password: nobody logs in as it, plugins post as it (``kibitz.App.bot``).
 """
 
 from __future__ import annotations
@@ -24,16 +25,19 @@ USERNAME = re.compile(r"[a-z0-9_.-]{3,32}")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 MAX_DISPLAY_NAME = 64
+NO_PASSWORD = "!"  # the password hash of bots and deleted accounts: no argon2 hash, verifies nothing
 
 
 def _user(row: sa.Row) -> User:
-    return User(id=row.id, username=row.username, display_name=row.display_name)
+    return User(id=row.id, username=row.username, display_name=row.display_name, bot=row.bot)
 
 
-def _checked(username: str, password: str, display_name: str | None) -> tuple[str, str]:
-    """The username and display name to store; 400 when any of the three breaks the rules."""
+def _checked(username: str, password: str | None, display_name: str | None) -> tuple[str, str]:
+    """The username and display name to store; 400 when any of the three breaks the rules
+    (``password`` None: a bot's, which has none)."""
     name = normalize_username(username)
-    _check_password(password)
+    if password is not None:
+        _check_password(password)
     shown = (name if display_name is None else display_name).strip()
     if not 1 <= len(shown) <= MAX_DISPLAY_NAME:
         raise InvalidRequest(f"display_name: 1 to {MAX_DISPLAY_NAME} characters")
@@ -72,12 +76,35 @@ class Accounts:
         if self.registration == "invite" and not invitation:
             raise RegistrationClosed("this server signs people up by invitation: give an invitation code")
         code = invitation if self.registration == "invite" else None
-        return await self._insert(name, password, shown, address, admin=False, invitation=code)
+        return await self._insert(name, await self.passwords.hash(address, password), shown, invitation=code)
 
     async def create(self, username: str, password: str, display_name: str | None, admin: bool) -> User:
         """A new account made by the operator, whatever ``registration`` says."""
         name, shown = _checked(username, password, display_name)
-        return await self._insert(name, password, shown, "operator", admin=admin, invitation=None)
+        return await self._insert(name, await self.passwords.hash("operator", password), shown, admin=admin)
+
+    async def create_bot(self, username: str, display_name: str | None) -> User:
+        """A new bot account: no password, so nobody logs in as it; 409 if the name is taken."""
+        name, shown = _checked(username, None, display_name)
+        return await self._insert(name, NO_PASSWORD, shown, bot=True)
+
+    async def bot(self, username: str, display_name: str | None) -> User:
+        """The bot named ``username``, made now if there is none (as it is if there is one);
+        409 when a person has that username."""
+        name = normalize_username(username)
+        row = await self._named(name)
+        if row is None:
+            try:
+                return await self.create_bot(name, display_name)
+            except UsernameTaken:  # made meanwhile, by another instance
+                row = await self._named(name)
+        if row is None or not row.bot:
+            raise UsernameTaken(f"the username {name!r} is a person's, not a bot's")
+        return _user(row)
+
+    async def _named(self, username: str) -> sa.Row | None:
+        async with self.engine.connect() as db:
+            return (await db.execute(sa.select(users).where(users.c.username == username))).first()
 
     async def new_password_hash(self, password: str) -> str:
         """The hash to store for a password the operator sets; 400 when it breaks the rules."""
@@ -85,9 +112,15 @@ class Accounts:
         return await self.passwords.hash("operator", password)
 
     async def _insert(
-        self, name: str, password: str, display_name: str, address: str, admin: bool, invitation: str | None
+        self,
+        name: str,
+        hashed: str,
+        display_name: str,
+        admin: bool = False,
+        bot: bool = False,
+        invitation: str | None = None,
     ) -> User:
-        hashed = await self.passwords.hash(address, password)
+        """The new account's row, using up one use of ``invitation`` (if given) with it."""
         try:
             async with self.engine.begin() as db:
                 if invitation is not None and not await redeem(db, invitation):
@@ -99,11 +132,12 @@ class Accounts:
                         password_hash=hashed,
                         created_ms=now_ms(),
                         admin=admin,
+                        bot=bot,
                     )
                 )
         except IntegrityError:
             raise UsernameTaken(f"the username {name!r} is taken") from None
-        return User(id=result.inserted_primary_key[0], username=name, display_name=display_name)
+        return User(id=result.inserted_primary_key[0], username=name, display_name=display_name, bot=bot)
 
     async def log_in(
         self, username: str, password: str, device_name: str, address: str
@@ -111,11 +145,12 @@ class Accounts:
         """A new device and its token, or None when the username or password is wrong.
 
         A disabled account with the right password gets 403. The user's row is locked
-        while the device is made, so a ``kibitz user disable`` cannot miss it.
+        while the device is made, so a ``kibitz user disable`` cannot miss it. A bot is
+        checked as an unknown username is: the same work, the same None.
         """
-        async with self.engine.connect() as db:
-            row = (await db.execute(sa.select(users).where(users.c.username == username))).first()
-        ok = await self.passwords.verify(address, row.password_hash if row else None, password)
+        row = await self._named(username)
+        hashed = row.password_hash if row is not None and not row.bot else None
+        ok = await self.passwords.verify(address, hashed, password)
         if row is None or not ok:
             return None
         token = secrets.token_urlsafe(32)
@@ -141,6 +176,7 @@ class Accounts:
                 users.c.id,
                 users.c.username,
                 users.c.display_name,
+                users.c.bot,
                 devices.c.id.label("device_id"),
                 devices.c.name.label("device_name"),
                 devices.c.created_ms,
@@ -167,6 +203,12 @@ class Accounts:
         if row is None:
             raise NotFound("no such user")
         return _user(row)
+
+    async def is_active(self, user_id: int) -> bool:
+        """Whether the account exists and is neither disabled nor deleted."""
+        query = sa.select(users.c.id).where(users.c.id == user_id, users.c.disabled_ms.is_(None))
+        async with self.engine.connect() as db:
+            return (await db.execute(query)).first() is not None
 
     async def is_admin(self, user_id: int) -> bool:
         async with self.engine.connect() as db:

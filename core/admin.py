@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import sqlalchemy as sa
 
+from .accounts import NO_PASSWORD
 from .backup import BackupError, backup
 from .database import devices, members, users
 from .errors import ApiError
@@ -115,9 +116,22 @@ class Admin:
     # -- users -------------------------------------------------------------------
 
     async def user_create(
-        self, username: str, password: str, display_name: str | None = None, admin: bool = False
+        self,
+        username: str,
+        password: str | None = None,
+        display_name: str | None = None,
+        admin: bool = False,
+        bot: bool = False,
     ) -> dict[str, Any]:
-        user = await self.kibitz.accounts.create(username, password, display_name, admin)
+        """A person's account (with a password), or a bot's (``bot``: none; never an administrator)."""
+        if bot:
+            if password is not None or admin:
+                raise AdminError("a bot has no password and is no administrator")
+            user = await self.kibitz.accounts.create_bot(username, display_name)
+        elif password is None:
+            raise AdminError("a person's account needs a password")
+        else:
+            user = await self.kibitz.accounts.create(username, password, display_name, admin)
         return {**user.to_dict(), "admin": admin}
 
     async def user_list(self) -> list[dict[str, Any]]:
@@ -136,6 +150,7 @@ class Admin:
                 "username": row.username,
                 "display_name": row.display_name,
                 "admin": row.admin,
+                "bot": row.bot,
                 "state": "disabled" if row.disabled_ms is not None else "active",
                 "devices": row.devices,
                 "created_at": rfc3339(row.created_ms),
@@ -163,6 +178,8 @@ class Admin:
     async def user_reset_password(self, username: str, password: str) -> dict[str, Any]:
         """A new password; every device is logged out, since whoever knew the old one may be on one."""
         user_id = await self._user_id(username)
+        if (await self.kibitz.accounts.get(user_id)).bot:
+            raise AdminError(f"{username} is a bot: it has no password")
         hashed = await self.kibitz.accounts.new_password_hash(password)
         async with self.engine.begin() as db:
             await db.execute(users.update().where(users.c.id == user_id).values(password_hash=hashed))
@@ -195,7 +212,7 @@ class Admin:
                 .values(
                     username=f"~deleted{user_id}",
                     display_name="Deleted user",
-                    password_hash="!",  # no argon2 hash: verifies nothing
+                    password_hash=NO_PASSWORD,
                     admin=False,
                     deleted_ms=now_ms(),
                 )

@@ -35,11 +35,18 @@ def add_commands(commands: argparse._SubParsersAction, config: argparse.Argument
     create = actions.add_parser(
         "create",
         help="make an account (whatever KIBITZ_REGISTRATION says)",
-        description="The password is asked twice on a terminal, else read as one line of standard input.",
+        description="The password is asked twice on a terminal, else read as one line of standard input "
+        "(a bot has none).",
     )
     create.add_argument("username")
     create.add_argument("--display-name", help="the name others see (default: the username)")
-    create.add_argument("--admin", action="store_true", help="make an administrator (the first one, say)")
+    role = create.add_mutually_exclusive_group()
+    role.add_argument("--admin", action="store_true", help="make an administrator (the first one, say)")
+    role.add_argument(
+        "--bot",
+        action="store_true",
+        help="make a bot: no password, so nobody logs in as it; plugins post as it",
+    )
     listing = actions.add_parser("list", help="every user, with state and logged-in devices")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     for name, text in (
@@ -136,12 +143,8 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             return "invite_revoke", {"invitation_id": args.id}
         return "invite_list", {}
     if args.action == "create":
-        return "user_create", {
-            "username": args.username,
-            "password": _new_password(),
-            "display_name": args.display_name,
-            "admin": args.admin,
-        }
+        who = {"bot": True} if args.bot else {"password": _new_password(), "admin": args.admin}
+        return "user_create", {"username": args.username, "display_name": args.display_name, **who}
     if args.action == "reset-password":
         return "user_reset_password", {"username": args.username, "password": _new_password()}
     if args.action == "delete" and not args.yes:
@@ -212,7 +215,7 @@ def _show(args: argparse.Namespace, result: Any) -> None:
         for row in result:
             print(orjson.dumps(row).decode())
     elif args.action == "list" and args.command == "user":
-        _table(result, ("username", "display_name", "state", "admin", "devices", "created_at", "id"))
+        _table(result, ("username", "display_name", "state", "admin", "bot", "devices", "created_at", "id"))
     elif args.action == "list":
         _table(result, ("id", "state", "uses", "uses_allowed", "expires_at", "created_at"))
     elif args.command == "invite" and args.action == "create":
@@ -220,7 +223,7 @@ def _show(args: argparse.Namespace, result: Any) -> None:
         print(f"Link to sign up: {result['link']}")
         print("The code is shown this once.")
     elif args.command == "user" and args.action == "create":
-        role = "administrator" if result["admin"] else "user"
+        role = "administrator" if result["admin"] else "bot" if result["bot"] else "user"
         print(f"Made {role} {result['username']} (id {result['id']}).")
     elif args.command == "invite":
         print(f"Revoked invitation {args.id}.")

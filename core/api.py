@@ -197,10 +197,7 @@ async def add_member(request: Request, cid: str) -> HTTPResponse:
     kibitz = request.app.ctx.kibitz
     user, _ = await authenticate(request)
     conversation = await kibitz.conversations.of_member(path_id(cid, "conversation"), user.id)
-    new_member = int(decode(request.body, NewMember).user_id)
-    if not await kibitz.accounts.existing({new_member}):
-        raise InvalidRequest("user_id: no such user")
-    conversation = await kibitz.conversations.add_member(conversation, new_member)
+    conversation = await kibitz.add_member(conversation.id, int(decode(request.body, NewMember).user_id))
     return json({"conversation": await kibitz.conversations.view(user.id, conversation)})
 
 
@@ -216,10 +213,8 @@ async def send_message(request: Request, cid: str) -> HTTPResponse:
     kibitz = request.app.ctx.kibitz
     user, _ = await authenticate(request)
     body = decode(request.body, NewMessage)
-    kibitz.messages.check_body(body.body)
-    conversation = await kibitz.conversations.of_member(path_id(cid, "conversation"), user.id)
-    kibitz.rate_limits.send(user.id)
-    _, data, new = await kibitz.messages.send(user, conversation, body.body, body.client_msg_id)
+    conversation_id = path_id(cid, "conversation")
+    _, data, new = await kibitz.messages.submit(user, conversation_id, body.body, body.client_msg_id)
     return json(b'{"message":' + data + b"}", 201 if new else 200)
 
 

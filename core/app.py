@@ -15,10 +15,11 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sanic import Sanic
+from sanic import Request, Sanic
 
 from . import admin_api, api, operations, push, web_client
 from .accounts import Accounts
@@ -28,14 +29,16 @@ from .conversations import Conversations
 from .cursors import Cursors, load_cursor_key
 from .database import create_engine, migrate
 from .disk import DiskWatch
-from .errors import ConfigError
+from .errors import ConfigError, Forbidden, InvalidRequest, NotFound
 from .gateways import sync, ws
 from .hub import Hub
+from .inputs import MAX_CLIENT_MSG_ID
 from .leases import Leases
 from .messages import Messages, StorageFollower
 from .metrics import Metrics
-from .models import Conversation, User
+from .models import Conversation, Message, User
 from .notifications import NotificationFollower
+from .openapi import plugin_path
 from .plugin_manager import call_each, create_plugin_manager, fill_slot
 from .presence import Presence
 from .progress import ProgressDisplay
@@ -92,6 +95,7 @@ class Kibitz:
         self.admin = Admin(self)  # the operator's actions (kibitz user ..., kibitz invite ...)
         self.admin_socket = AdminSocket(self.admin, self.data_dir)
         self.cursors = Cursors(b"")
+        self.openapi_paths: dict[str, dict[str, Any]] = {}  # of the routes plugins registered
         self.ready = False
         self.stopping = asyncio.Event()
         self._started: list[Any] = []
@@ -103,6 +107,32 @@ class Kibitz:
     async def conversation(self, conversation_id: int) -> Conversation | None:
         return await self.conversations.get(conversation_id)
 
+    async def authenticated(self, request: Request) -> User:
+        user, _ = await api.authenticate(request)
+        return user
+
+    async def bot(self, username: str, display_name: str | None = None) -> User:
+        return await self.accounts.bot(username, display_name)
+
+    async def add_member(self, conversation_id: int, user_id: int) -> Conversation:
+        conversation = await self.conversations.get(conversation_id)
+        if conversation is None:
+            raise NotFound("no such conversation")
+        if not await self.accounts.existing({user_id}):
+            raise InvalidRequest("user_id: no such user")
+        return await self.conversations.add_member(conversation, user_id)
+
+    async def post(
+        self, sender: User, conversation_id: int, body: str, client_msg_id: str | None = None
+    ) -> Message:
+        key = uuid.uuid4().hex if client_msg_id is None else client_msg_id
+        if not 1 <= len(key) <= MAX_CLIENT_MSG_ID:
+            raise InvalidRequest(f"client_msg_id: 1 to {MAX_CLIENT_MSG_ID} characters")
+        if not await self.accounts.is_active(sender.id):
+            raise Forbidden(f"the account {sender.username!r} is disabled")
+        message, _, _ = await self.messages.submit(sender, conversation_id, body, key)
+        return message
+
     async def start(self) -> None:
         """Start every part, in dependency order; storage catches up with the log before ready.
 
@@ -110,13 +140,13 @@ class Kibitz:
         """
         try:
             await self._start_parts()
+            await call_each(self.pm, "startup", stop_on=(ConfigError,), app=self)
         except ConfigError as e:  # a setting only a started part can check (a webhook's address)
             await self.stop()
             raise ConfigError(str(e)) from None
         except Exception as e:
             await self.stop()
             raise StartupError(f"{self._starting}: {type(e).__name__}: {e}") from e
-        await call_each(self.pm, "startup", app=self)
         self.ready = True
         log.info("ready", extra={"url": self.settings.url, "instance": self.instance_id})
 
@@ -184,13 +214,20 @@ def _register_plugin_routes(app: Sanic, kibitz: Kibitz) -> None:
     """Let plugins add routes; a path (and method) already taken stops start-up."""
     taken = {(route.path.strip("/"), method) for route in app.router.routes for method in route.methods}
 
-    def register(path: str, handler: Any, methods: Iterable[str] = ("GET",)) -> None:
+    def register(
+        path: str, handler: Any, methods: Iterable[str] = ("GET",), openapi: Mapping[str, Any] | None = None
+    ) -> None:
+        methods = [method.upper() for method in methods]
         for method in methods:
-            key = (path.strip("/"), method.upper())
+            key = (path.strip("/"), method)
             if key in taken:
-                raise ConfigError(f"plugin route {method.upper()} {path}: the path is already taken")
+                raise ConfigError(f"plugin route {method} {path}: the path is already taken")
             taken.add(key)
-        app.add_route(handler, path, methods=list(methods), name=f"plugin_{len(taken)}")
+        app.add_route(handler, path, methods=methods, name=f"plugin_{len(taken)}")
+        if openapi is not None:
+            documented, item = plugin_path(path)
+            item = kibitz.openapi_paths.setdefault(documented, item)
+            item.update({method.lower(): openapi for method in methods})
 
     for impl in reversed(kibitz.pm.hook.register_routes.get_hookimpls()):
         kwargs = {"register": register, "app": kibitz}

@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from sanic import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .leases import Leases
-from .models import Conversation, User
+from .models import Conversation, Message, User
 from .push import Push
 from .settings import Settings
 from .tasks import Tasks
@@ -56,3 +57,31 @@ class App(Protocol):
 
     async def conversation(self, conversation_id: int) -> Conversation | None:
         """The conversation with this id, or None."""
+
+    async def authenticated(self, request: Request) -> User:
+        """The user whose bearer token ``request`` carries (a plugin's route); ``Unauthorized``
+        (401) when there is none, or it is unknown or revoked. Added in 0.2."""
+
+    async def bot(self, username: str, display_name: str | None = None) -> User:
+        """The bot user ``username``, made now if there is none (``display_name`` defaults to
+        the username); an existing bot is returned as it is. A bot has no password, so nobody
+        logs in as it. ``UsernameTaken`` (409) when a person has that username,
+        ``InvalidRequest`` (400) for a name the username rules refuse. Added in 0.2."""
+
+    async def add_member(self, conversation_id: int, user_id: int) -> Conversation:
+        """Add a user (a bot, say) to a group, as a member's ``POST .../members`` does: every
+        member's devices learn of it; already a member, nothing changes. ``NotFound`` (404)
+        for no such conversation, ``InvalidRequest`` (400) for no such user, a direct
+        conversation or a full group. Added in 0.2."""
+
+    async def post(
+        self, sender: User, conversation_id: int, body: str, client_msg_id: str | None = None
+    ) -> Message:
+        """Send a message as ``sender`` (a bot, usually) on the path of a member's send: the
+        sender must be a member (``NotFound``, 404) and active (``Forbidden``, 403, once the
+        operator disabled it), the body's limits hold (400, 413), the sender's rate limit
+        counts (``RateLimited``, 429), ``wrap_send`` runs (a rejection is ``Forbidden``),
+        then the message is stored and delivered to every member, and ``message_accepted``
+        runs. The same ``client_msg_id`` (1 to 64 characters; default a new one) again gives
+        the message sent with it, and sends nothing. Every refusal is an ``ApiError``.
+        Added in 0.2."""

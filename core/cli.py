@@ -161,12 +161,15 @@ def plugins(settings: Settings) -> int:
         others = [h for h in hooks if h not in SLOTS]
         for group in slots or ["extension"]:
             rows[group].append((name, module, package, others if group == "extension" else []))
+    every = [entry for entries in rows.values() for entry in entries]
+    name_width = max((len(entry[0]) for entry in every), default=0)
+    module_width = max((len(entry[1]) for entry in every), default=0)
     for group, entries in rows.items():
         print(f"{group}:")
         for name, module, package, hooks in entries:
             mark = "*" if name in chosen[group] else " "
             extra = f"  ({', '.join(hooks)})" if hooks else ""
-            print(f"  {mark} {name:<14} {module:<26} {package}{extra}")
+            print(f"  {mark} {name:<{name_width}}  {module:<{module_width}}  {package}{extra}")
     print("* = active with this configuration")
     return 0
 

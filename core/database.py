@@ -37,6 +37,8 @@ users = sa.Table(
     sa.Column("disabled_ms", sa.BigInteger, nullable=True),  # set: cannot log in, has no devices
     # Deleted users stay as a row (their messages name them) with no name, devices or memberships.
     sa.Column("deleted_ms", sa.BigInteger, nullable=True),
+    # A bot: no password (nobody logs in as it); plugins post as it (``kibitz.App.bot``).
+    sa.Column("bot", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 devices = sa.Table(

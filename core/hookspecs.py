@@ -66,12 +66,16 @@ def register_notifier(name: str, settings: PluginSettings) -> Notifier | None:
 
 @hookspec
 def register_routes(register: Callable[..., None], app: App) -> None:
-    """Add HTTP routes: call ``register(path, handler, methods=("GET",))`` for each.
+    """Add HTTP routes: call ``register(path, handler, methods=("GET",), openapi=None)`` for each.
 
     Called once while the application is built. ``handler(request)`` is a Sanic handler
-    (async, returns a response); ``request.app.ctx.kibitz`` is the ``App`` services object.
-    Paths must not collide with the core's or another plugin's: a duplicate stops
-    start-up. Every implementation runs. Added in 0.1.
+    (async, returns a response); ``request.app.ctx.kibitz`` is the ``App`` services object
+    (``app.authenticated(request)`` is the caller). Paths must not collide with the core's
+    or another plugin's: a duplicate stops start-up. ``openapi``, an operation made with
+    ``kibitz.openapi_operation``, puts the route in ``/api/v1/openapi.json``. An
+    ``ApiError`` raised by a handler is answered with the protocol's error body; a path
+    parameter named ``secret`` is never logged. Every implementation runs. Added in 0.1.
+    Changed in 0.2: ``openapi``.
     """
 
 
@@ -134,8 +138,10 @@ def connection_closed(user: User, device: Device, app: App) -> Awaitable[None] |
 def startup(app: App) -> Awaitable[None] | None:
     """The server is about to take requests: every slot has started.
 
-    May be async. Every implementation runs; one that raises is logged and skipped.
-    Added in 0.1.
+    May be async. Every implementation runs; one that raises is logged and skipped, except
+    that ``ConfigError("<where>: <problem>")`` (an extension's settings that cannot work,
+    read with ``app.settings.plugin(name)``) stops start-up with that line and exit status
+    2. Added in 0.1. Changed in 0.2: ``ConfigError`` stops start-up.
     """
 
 

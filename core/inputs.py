@@ -144,9 +144,13 @@ _decoders: dict[object, msgspec.json.Decoder[object]] = {
 
 
 def decode(data: bytes | str, kind: type[T]) -> T:
-    """``data`` (JSON) as a ``kind``; 400 ``invalid_request`` saying what is wrong where."""
+    """``data`` (JSON) as a ``kind`` (a msgspec ``Struct``, a plugin's too); 400
+    ``invalid_request`` saying what is wrong where."""
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
     try:
-        value: T = _decoders[kind].decode(data)  # type: ignore[assignment]
+        value: T = decoder.decode(data)  # type: ignore[assignment]
     except msgspec.ValidationError as e:
         raise InvalidRequest(_explain(str(e))) from None
     except msgspec.DecodeError:

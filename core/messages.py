@@ -72,6 +72,16 @@ class Messages:
         if len(body) > self.max_chars:
             raise PayloadTooLarge(f"body: at most {self.max_chars} characters")
 
+    async def submit(
+        self, sender: User, conversation_id: int, body: str, client_msg_id: str, turn: Turn | None = None
+    ) -> tuple[Message, bytes, bool]:
+        """A send as the sender makes it (HTTP, WebSocket, a plugin's ``App.post``): the body's
+        limits, membership (404 otherwise), the sender's rate limit, then ``send``."""
+        self.check_body(body)
+        conversation = await self.kibitz.conversations.of_member(conversation_id, sender.id)
+        self.kibitz.rate_limits.send(sender.id)
+        return await self.send(sender, conversation, body, client_msg_id, turn)
+
     async def send(
         self,
         sender: User,

@@ -79,12 +79,20 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class User:
+    """An account; ``bot`` (added in 0.2) marks one that plugins post as, with no password."""
+
     id: int
     username: str
     display_name: str
+    bot: bool = False
 
-    def to_dict(self) -> dict[str, str]:
-        return {"id": str(self.id), "username": self.username, "display_name": self.display_name}
+    def to_dict(self) -> dict[str, str | bool]:
+        return {
+            "id": str(self.id),
+            "username": self.username,
+            "display_name": self.display_name,
+            "bot": self.bot,
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,15 @@
 """The OpenAPI 3.1 document of every HTTP call, served at ``/api/v1/openapi.json``.
 
 Request bodies are described by the msgspec Structs that decode them (``kibitz.inputs``),
-so the document cannot drift from what the server accepts.
+so the document cannot drift from what the server accepts. Plugins document their own
+routes as they register them (``register(..., openapi=operation(...))``), and the
+document has them only where the plugin is enabled.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -26,10 +30,11 @@ def _object(required: list[str], **properties: Any) -> dict[str, Any]:
 
 SCHEMAS: dict[str, Any] = {
     "User": _object(
-        ["id", "username", "display_name"],
+        ["id", "username", "display_name", "bot"],
         id=ID,
         username={"type": "string"},
         display_name={"type": "string"},
+        bot={"type": "boolean", "description": "a bot: plugins post as it; nobody logs in as it (extension)"},
     ),
     "Device": _object(["id", "name", "created_at"], id=ID, name={"type": "string"}, created_at=TIME),
     "Message": _object(
@@ -77,7 +82,7 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
-def _operation(
+def operation(
     summary: str,
     ok: int,
     ok_schema: dict[str, Any] | None,
@@ -86,6 +91,9 @@ def _operation(
     params: list[dict[str, Any]] | None = None,
     auth: bool = True,
 ) -> dict[str, Any]:
+    """An OpenAPI operation: its success status and schema, the error statuses (each with
+    the protocol's error body), the request body's schema and the parameters. Plugins
+    document their routes with it (``kibitz.openapi_operation``). Added in 0.2."""
     responses: dict[str, Any] = {
         str(ok): {"description": "success", **(_json(ok_schema) if ok_schema else {})}
     }
@@ -112,12 +120,21 @@ def _path(name: str, schema: dict[str, Any] = ID) -> dict[str, Any]:
 CID = _path("cid")
 
 
-def openapi_document() -> dict[str, Any]:
+def plugin_path(route: str) -> tuple[str, dict[str, Any]]:
+    """The document's path and Path Item of a plugin's route (``/api/v1/x/<id>``: ``/x/{id}``)."""
+    path = re.sub(r"<([^:>]+)[^>]*>", r"{\1}", route)
+    if path.startswith("/api/v1/"):
+        return path.removeprefix("/api/v1"), {}
+    return path, {"servers": [{"url": "/"}]}
+
+
+def openapi_document(plugin_paths: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The document, with the Path Items of the routes plugins registered (``plugin_path``)."""
     conversation = _object(["conversation"], conversation=_ref("Conversation"))
     message = _object(["message"], message=_ref("Message"))
     paths: dict[str, Any] = {
         "/accounts": {
-            "post": _operation(
+            "post": operation(
                 "Sign up",
                 201,
                 _object(["user"], user=_ref("User")),
@@ -127,7 +144,7 @@ def openapi_document() -> dict[str, Any]:
             )
         },
         "/sessions": {
-            "post": _operation(
+            "post": operation(
                 "Log in: a new device and its token",
                 201,
                 _object(
@@ -141,9 +158,9 @@ def openapi_document() -> dict[str, Any]:
                 auth=False,
             )
         },
-        "/sessions/current": {"delete": _operation("Log out this device", 204, None, [401])},
+        "/sessions/current": {"delete": operation("Log out this device", 204, None, [401])},
         "/me": {
-            "get": _operation(
+            "get": operation(
                 "The caller",
                 200,
                 _object(
@@ -155,7 +172,7 @@ def openapi_document() -> dict[str, Any]:
             )
         },
         "/invitations": {
-            "post": _operation(
+            "post": operation(
                 "An administrator's new invitation code (extension)",
                 201,
                 _object(
@@ -167,7 +184,7 @@ def openapi_document() -> dict[str, Any]:
                 [400, 401, 403],
                 _ref("NewInvitation"),
             ),
-            "get": _operation(
+            "get": operation(
                 "Every invitation (extension; administrators)",
                 200,
                 _object(["invitations"], invitations={"type": "array", "items": _ref("Invitation")}),
@@ -175,7 +192,7 @@ def openapi_document() -> dict[str, Any]:
             ),
         },
         "/invitations/{invitation_id}": {
-            "delete": _operation(
+            "delete": operation(
                 "Revoke an invitation (extension; administrators)",
                 204,
                 None,
@@ -184,7 +201,7 @@ def openapi_document() -> dict[str, Any]:
             )
         },
         "/users": {
-            "get": _operation(
+            "get": operation(
                 "Find users by username prefix",
                 200,
                 _object(["users"], users={"type": "array", "items": _ref("User")}),
@@ -196,19 +213,19 @@ def openapi_document() -> dict[str, Any]:
             )
         },
         "/users/{id}": {
-            "get": _operation(
+            "get": operation(
                 "A user", 200, _object(["user"], user=_ref("User")), [401, 404], params=[_path("id")]
             )
         },
         "/conversations": {
-            "post": _operation(
+            "post": operation(
                 "Create a direct (or get the existing one) or a group conversation",
                 201,
                 conversation,
                 [400, 401],
                 _ref("NewConversation"),
             ),
-            "get": _operation(
+            "get": operation(
                 "The caller's conversations, most recent activity first",
                 200,
                 _object(["conversations"], conversations={"type": "array", "items": _ref("Conversation")}),
@@ -216,10 +233,10 @@ def openapi_document() -> dict[str, Any]:
             ),
         },
         "/conversations/{cid}": {
-            "get": _operation("A conversation", 200, conversation, [401, 404], params=[CID])
+            "get": operation("A conversation", 200, conversation, [401, 404], params=[CID])
         },
         "/conversations/{cid}/members": {
-            "post": _operation(
+            "post": operation(
                 "Add a member to a group",
                 200,
                 conversation,
@@ -229,7 +246,7 @@ def openapi_document() -> dict[str, Any]:
             )
         },
         "/conversations/{cid}/members/{uid}": {
-            "delete": _operation(
+            "delete": operation(
                 "Leave, or remove a member (the creator only)",
                 204,
                 None,
@@ -238,7 +255,7 @@ def openapi_document() -> dict[str, Any]:
             )
         },
         "/conversations/{cid}/messages": {
-            "post": _operation(
+            "post": operation(
                 "Send a message (idempotent by client_msg_id: a resend answers 200)",
                 201,
                 message,
@@ -246,7 +263,7 @@ def openapi_document() -> dict[str, Any]:
                 _ref("NewMessage"),
                 params=[CID],
             ),
-            "get": _operation(
+            "get": operation(
                 "A page of history, ascending by id",
                 200,
                 _object(
@@ -264,7 +281,7 @@ def openapi_document() -> dict[str, Any]:
             ),
         },
         "/conversations/{cid}/read": {
-            "put": _operation(
+            "put": operation(
                 "Move the caller's read marker forward",
                 200,
                 conversation,
@@ -274,7 +291,7 @@ def openapi_document() -> dict[str, Any]:
             )
         },
         "/sync": {
-            "get": _operation(
+            "get": operation(
                 "Events after a cursor (polling, or long polling with timeout)",
                 200,
                 _object(
@@ -292,7 +309,7 @@ def openapi_document() -> dict[str, Any]:
             )
         },
         "/push/vapid-key": {
-            "get": _operation(
+            "get": operation(
                 "The server's VAPID public key (an uncompressed P-256 point, base64url), to subscribe with",
                 200,
                 _object(["public_key"], public_key={"type": "string"}),
@@ -301,14 +318,14 @@ def openapi_document() -> dict[str, Any]:
             )
         },
         "/push/subscriptions": {
-            "post": _operation(
+            "post": operation(
                 "Tie a browser's PushSubscription to the calling device (https, public addresses only)",
                 201,
                 None,
                 [400, 401, 503],
                 _ref("NewPushSubscription"),
             ),
-            "delete": _operation(
+            "delete": operation(
                 "Remove the calling device's subscription with this endpoint",
                 204,
                 None,
@@ -317,12 +334,10 @@ def openapi_document() -> dict[str, Any]:
             ),
         },
         "/ws": {
-            "get": _operation(
-                "Upgrade to the WebSocket gateway (see the protocol)", 101, None, [], auth=False
-            )
+            "get": operation("Upgrade to the WebSocket gateway (see the protocol)", 101, None, [], auth=False)
         },
         "/discovery": {
-            "get": _operation(
+            "get": operation(
                 "Live instances and the one to connect to",
                 200,
                 _object(
@@ -343,16 +358,16 @@ def openapi_document() -> dict[str, Any]:
                 auth=False,
             )
         },
-        "/openapi.json": {"get": _operation("This document", 200, {"type": "object"}, [], auth=False)},
+        "/openapi.json": {"get": operation("This document", 200, {"type": "object"}, [], auth=False)},
     }
     root = [{"url": "/"}]  # the operator endpoints sit at the root, outside /api/v1
     paths["/healthz"] = {
         "servers": root,
-        "get": _operation("200 while the process runs", 200, None, [], auth=False),
+        "get": operation("200 while the process runs", 200, None, [], auth=False),
     }
     paths["/readyz"] = {
         "servers": root,
-        "get": _operation(
+        "get": operation(
             "200 when every backing service answers, else 503 naming the one that does not",
             200,
             None,
@@ -362,7 +377,7 @@ def openapi_document() -> dict[str, Any]:
     }
     paths["/metrics"] = {
         "servers": root,
-        "get": _operation("Prometheus text format", 200, None, [], auth=False),
+        "get": operation("Prometheus text format", 200, None, [], auth=False),
     }
     web = [
         ("/", "The web client's page (HTML, never cached)"),
@@ -375,8 +390,9 @@ def openapi_document() -> dict[str, Any]:
         )
         paths[path] = {
             "servers": root,
-            "get": _operation(summary, 200, None, [404], params=params, auth=False),
+            "get": operation(summary, 200, None, [404], params=params, auth=False),
         }
+    paths.update(plugin_paths or {})
     return {
         "openapi": "3.1.0",
         "info": {"title": "Kibitz client protocol", "version": "1"},

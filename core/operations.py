@@ -47,6 +47,12 @@ def error_response(status: int, code: str, message: str, retry_after: int | None
     return raw(body, status=status, content_type="application/json", headers=headers)
 
 
+def logged_path(request: Request) -> str:
+    """The request's path for a log line: a route parameter named ``secret`` shows as ``***``."""
+    secret = request.match_info.get("secret")
+    return request.path.replace(secret, "***") if secret else request.path
+
+
 async def handle_error(request: Request, exception: Exception) -> HTTPResponse:
     if isinstance(exception, ApiError):
         return error_response(exception.status, exception.code, exception.message, exception.retry_after)
@@ -55,9 +61,9 @@ async def handle_error(request: Request, exception: Exception) -> HTTPResponse:
         code = SANIC_CODES.get(status, "invalid_request" if status < 500 else "unavailable")
         return error_response(status, code, str(exception) or code.replace("_", " "))
     if isinstance(exception, ConnectionError | TimeoutError):
-        log.warning("backing_service_failed", extra={"path": request.path, "error": str(exception)})
+        log.warning("backing_service_failed", extra={"path": logged_path(request), "error": str(exception)})
         return error_response(503, "unavailable", "a backing service did not answer; retry shortly", 1)
-    log.exception("request_failed", extra={"path": request.path, "method": request.method})
+    log.exception("request_failed", extra={"path": logged_path(request), "method": request.method})
     return error_response(500, "internal_error", "the server failed to answer; this has been logged")
 
 
@@ -106,10 +112,8 @@ def register(app: Sanic, kibitz: Kibitz) -> None:
         me = {"id": kibitz.instance_id, "url": kibitz.settings.url, "connections": kibitz.hub.count}
         return json({"servers": [me], "recommended": me["url"], "registration": kibitz.settings.registration})
 
-    document = orjson.dumps(openapi_document())
-
     async def openapi(request: Request) -> HTTPResponse:
-        return json(document)
+        return json(openapi_document(kibitz.openapi_paths))  # plugins' routes are registered after this
 
     app.add_route(healthz, "/healthz", methods=["GET"], name="healthz")
     app.add_route(readyz, "/readyz", methods=["GET"], name="readyz")

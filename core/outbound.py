@@ -31,7 +31,7 @@ from aiohttp.resolver import DefaultResolver
 from .errors import InvalidRequest, Unavailable
 
 RESOLVE_TIMEOUT = 5.0
-MAX_ANSWER_BYTES = 64 * 1024  # of an answer's body read before it is dropped
+MAX_ANSWER_BYTES = 64 * 1024  # of an answer's body read, at most
 FIRST_PAUSE = 1.0  # seconds before the second try, doubled before each one after it
 MAX_PAUSE = 60.0  # seconds at most between two tries, whatever Retry-After says
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -127,6 +127,14 @@ class Outbound:
         and what aiohttp raises for a connection that fails (``aiohttp.ClientError``,
         ``OSError``) or times out (``TimeoutError``).
         """
+        status, answer, _ = await self.post_read(url, data, headers)
+        return status, answer
+
+    async def post_read(
+        self, url: str, data: bytes, headers: Mapping[str, str], limit: int = MAX_ANSWER_BYTES
+    ) -> tuple[int, Mapping[str, str], bytes | None]:
+        """As ``post``, and the answer's body: None when it is longer than ``limit`` bytes
+        (no more than that is read). Added in 0.2."""
         host = _host(url, self.allow_insecure)
         try:
             literal = ipaddress.ip_address(host)
@@ -140,8 +148,10 @@ class Outbound:
             )
             self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
         async with self._session.post(url, data=data, headers=headers, allow_redirects=False) as response:
-            await response.content.read(MAX_ANSWER_BYTES)
-            return response.status, response.headers
+            body = b""
+            while len(body) <= limit and (chunk := await response.content.read(limit + 1 - len(body))):
+                body += chunk
+            return response.status, response.headers, body if len(body) <= limit else None
 
     async def close(self) -> None:
         if self._session is not None:

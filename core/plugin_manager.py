@@ -95,21 +95,23 @@ def fill_slot(pm: pluggy.PluginManager, slot: str, name: str, settings: Settings
         raise ConfigError(
             f"{SLOT_VARIABLES[slot]}={name!r}: no installed plugin provides a {slot} by that name"
         )
-    unknown = plugin_settings.unknown()
-    if unknown:
-        hint = plugin_settings.hint(unknown[0])
-        raise ConfigError(f"{unknown[0]}: the {name} plugin has no such setting{hint}")
+    plugin_settings.refuse_unknown()
     return found
 
 
-async def call_each(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
-    """Call every implementation of an extension hook, awaiting async ones; log and skip failures."""
+async def call_each(
+    pm: pluggy.PluginManager, hook_name: str, stop_on: tuple[type[Exception], ...] = (), **kwargs: Any
+) -> None:
+    """Call every implementation of an extension hook, awaiting async ones; log and skip
+    failures, except those of the ``stop_on`` types, which are raised."""
     caller = getattr(pm.hook, hook_name)
     for impl in reversed(caller.get_hookimpls()):
         try:
             result = impl.function(*(kwargs[a] for a in impl.argnames))
             if inspect.isawaitable(result):
                 await result
+        except stop_on:
+            raise
         except Exception:
             log.exception("hook_failed", extra={"hook": hook_name, "plugin": impl.plugin_name})
 

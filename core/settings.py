@@ -68,6 +68,15 @@ class PluginSettings(Mapping[str, Any]):
         """Where settings were given that the plugin never read (likely typos)."""
         return [self._sources[key] for key in self._values if key not in self._read]
 
+    def refuse_unknown(self) -> None:
+        """``ConfigError`` naming the first setting given that the plugin never read (call it
+        once the plugin has read its settings), with the closest one it does read."""
+        unknown = self.unknown()
+        if unknown:
+            raise ConfigError(
+                f"{unknown[0]}: the {self.plugin} plugin has no such setting{self.hint(unknown[0])}"
+            )
+
     def hint(self, source: str) -> str:
         """For one of ``unknown()``: ``"; did you mean ..."`` naming the closest setting the
         plugin reads (or core variable), or ``""``."""

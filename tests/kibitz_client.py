@@ -123,6 +123,14 @@ class Server:
             raise
 
 
+def serve_once(env: dict[str, str], timeout: float = 60) -> tuple[int, list[str]]:
+    """``kibitz serve`` that is to stop by itself (a configuration error, say): its exit
+    status and the lines it printed itself (not the JSON log lines)."""
+    done = subprocess.run([KIBITZ, "serve"], env=env, capture_output=True, timeout=timeout)
+    lines = done.stderr.decode(errors="replace").strip().splitlines()
+    return done.returncode, [line for line in lines if not line.startswith("{")]
+
+
 def poll_until(condition: Callable[[], bool], timeout: float = 30, what: str = "the condition") -> None:
     """``wait_until`` for code outside the event loop: poll ``condition`` up to a deadline."""
     deadline = time.monotonic() + timeout

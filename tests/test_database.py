@@ -4,6 +4,7 @@ the Alembic migrations (what start-up runs): the migrated database must match th
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kibitz.database import metadata
+from kibitz.database import create_engine, metadata, migrate
+
+from .conftest import fresh_postgres_database
 
 pytestmark = pytest.mark.relational
 
@@ -69,8 +72,6 @@ async def test_device_ids_are_never_given_again(engine: AsyncEngine) -> None:
 
 async def test_the_sqlite_rebuild_of_devices_keeps_every_row_and_its_children(tmp_path: Path) -> None:
     """Migration 0004 rebuilds ``devices`` on SQLite: rows, ids and push subscriptions stay."""
-    from kibitz.database import create_engine, migrate
-
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'old.sqlite3'}")
     try:
         await migrate(engine, "0003")
@@ -91,6 +92,35 @@ async def test_the_sqlite_rebuild_of_devices_keeps_every_row_and_its_children(tm
                 await db.execute(sa.text("SELECT device_id FROM push_subscriptions"))
             ).scalars().all() == [9]
             assert (await db.execute(sa.text("PRAGMA foreign_keys"))).scalar() == 1
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def empty_database(database_url: str) -> AsyncIterator[str]:
+    """A database with no schema yet: SQLite in a temp folder, and a new PostgreSQL one."""
+    if database_url.startswith("sqlite"):
+        yield database_url
+        return
+    async with fresh_postgres_database(database_url) as url:
+        yield url
+
+
+async def test_migration_0005_keeps_every_user_and_makes_none_a_bot(empty_database: str) -> None:
+    engine = create_engine(empty_database)
+    try:
+        await migrate(engine, "0004")
+        async with engine.begin() as db:
+            await db.execute(
+                sa.text(
+                    "INSERT INTO users (id, username, display_name, password_hash, created_ms, admin)"
+                    " VALUES (5, 'old', 'Old', 'h', 0, true)"
+                )
+            )
+        assert await migrate(engine) == ("0004", "0005")
+        async with engine.connect() as db:
+            rows = (await db.execute(sa.text("SELECT id, username, admin, bot FROM users"))).all()
+        assert [(r.id, r.username, bool(r.admin), bool(r.bot)) for r in rows] == [(5, "old", True, False)]
     finally:
         await engine.dispose()
 

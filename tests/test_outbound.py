@@ -92,6 +92,30 @@ async def test_outbound_never_connects_inside_and_never_follows_a_redirect() -> 
         await runner.cleanup()
 
 
+async def test_post_read_gives_the_answers_body_up_to_a_limit() -> None:
+    port = free_port()
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(status=200, body=b"x" * 1000)
+
+    app = web.Application()
+    app.router.add_post("/", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    outbound = Outbound(allow_insecure=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        status, _, body = await outbound.post_read(url, b"", {}, limit=1000)
+        assert (status, body) == (200, b"x" * 1000)
+        status, _, body = await outbound.post_read(url, b"", {}, limit=999)
+        assert (status, body) == (200, None)  # longer than the limit
+        assert (await outbound.post(url, b"", {}))[0] == 200
+    finally:
+        await outbound.close()
+        await runner.cleanup()
+
+
 def test_tries_again_after_429_5xx_or_no_answer_only() -> None:
     assert [s for s in (0, 200, 301, 400, 404, 410, 429, 500, 503) if retryable(s)] == [0, 429, 500, 503]
 

@@ -12,12 +12,14 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kibitz.plugin_manager import create_plugin_manager
+from kibitz.plugins.outgoing_webhooks import OutgoingWebhooks
 from kibitz.settings import PluginSettings, Settings, load_settings
 
 PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
@@ -32,9 +34,11 @@ PLUGIN_HOOKS = {
     "webpush": "register_notifier",
     "webhook": "register_notifier",
 }
+# The built-in extensions that read settings (at start-up), and what makes each from them.
+EXTENSIONS: dict[str, Callable[[PluginSettings], object]] = {"outgoing_webhooks": OutgoingWebhooks}
 # Keys without a default: the table of a plugin that has any is commented out in the
 # example ("#[webhook]", "#url = ..."), with a sample value for each of these.
-REQUIRED = {"webhook": {"url", "secret"}}
+REQUIRED = {"webhook": {"url", "secret"}, "outgoing_webhooks": {"url", "secret"}}
 
 
 class AskedSettings(PluginSettings):
@@ -77,25 +81,41 @@ def _commented_table(name: str) -> dict[str, Any]:
 
 def test_the_example_config_has_every_key_the_built_in_plugins_read() -> None:
     tables = dict(load_settings(str(EXAMPLE), environ={}).tables)
-    assert set(tables) == set(PLUGIN_HOOKS) - set(REQUIRED)
+    assert set(tables) == {*PLUGIN_HOOKS, *EXTENSIONS} - set(REQUIRED)
     tables.update({name: _commented_table(name) for name in REQUIRED})
-    for name, hook in PLUGIN_HOOKS.items():
-        slot = hook.removeprefix("register_")
-        chosen = {"notify": (name,)} if slot == "notifier" else {slot: name}  # plugins load when chosen
-        make = getattr(create_plugin_manager(Settings(**chosen)).hook, hook)
+    for name in [*PLUGIN_HOOKS, *EXTENSIONS]:
+        make = _maker(name)
         required = {key: tables[name][key] for key in REQUIRED.get(name, ())}
         given, blank = AskedSettings(name, dict(tables[name])), AskedSettings(name, required)
-        from_example, from_defaults = make(name=name, settings=given), make(name=name, settings=blank)
+        from_example, from_defaults = make(given), make(blank)
         assert given.unknown() == [], f"[{name}]: keys the plugin does not read"
         assert blank.asked <= set(tables[name]), f"[{name}] lacks {sorted(blank.asked - set(tables[name]))}"
         # Each at its default: the plugin ends up with what it has when given nothing
         assert _plain(from_example) == _plain(from_defaults), name
 
 
+def _maker(name: str) -> Callable[[PluginSettings], object]:
+    """What makes the built-in plugin ``name`` from its settings."""
+    if name in EXTENSIONS:
+        return EXTENSIONS[name]
+    hook = PLUGIN_HOOKS[name]
+    slot = hook.removeprefix("register_")
+    chosen = {"notify": (name,)} if slot == "notifier" else {slot: name}  # plugins load when chosen
+    register = getattr(create_plugin_manager(Settings(**chosen)).hook, hook)
+    return lambda settings: register(name=name, settings=settings)
+
+
 def _plain(plugin: object) -> dict[str, Any]:
-    """What a plugin object keeps from its settings: its attributes of plain types."""
+    """What a plugin object keeps from its settings: its attributes of plain types, and
+    those of the Kibitz objects it holds (``kibitz.Deliveries``)."""
     plain = str | int | float | bool | list | tuple | None
-    return {key: value for key, value in vars(plugin).items() if isinstance(value, plain)}
+    kept = {}
+    for key, value in vars(plugin).items():
+        if isinstance(value, plain):
+            kept[key] = value
+        elif type(value).__module__.startswith("kibitz.") and hasattr(value, "__dict__"):
+            kept[key] = _plain(value)
+    return kept
 
 
 def test_kibitz_loads_the_example_config() -> None:

@@ -8,7 +8,6 @@ import asyncio
 import logging
 import os
 import re
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +19,12 @@ import pytest
 from aiohttp import web
 
 from kibitz import ConfigError, Conversation, Message, PluginSettings, User
-from kibitz.plugins.webhook import AT_ONCE, WebhookNotifier
+from kibitz.deliveries import AT_ONCE
+from kibitz.plugins.webhook import WebhookNotifier
 from kibitz.supervisor import free_port
 from kibitz.testing import wait_until
 
-from .kibitz_client import KIBITZ, Client, Server, Session, Socket, make_server
+from .kibitz_client import Client, Server, Session, Socket, make_server, serve_once
 
 SECRET = "kibitz-webhook-test-secret"
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -91,6 +91,12 @@ class Receiver:
     def of(self, message_id: str) -> list[Delivery]:
         return [d for d in self.deliveries if d.json["message_id"] == message_id]
 
+    def answer(self, payload: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+        """The status, headers and body to answer a request with (subclasses answer otherwise)."""
+        script = self.answers.get(payload.get("body", ""), [])
+        status, headers = script.pop(0) if script else (200, {})
+        return status, headers, b""
+
     async def _receive(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.in_flight += 1
@@ -100,10 +106,9 @@ class Receiver:
                 await self.gate.wait()
         finally:
             self.in_flight -= 1
-        script = self.answers.get(orjson.loads(body).get("body", ""), [])
-        status, headers = script.pop(0) if script else (200, {})
+        status, headers, answer = self.answer(orjson.loads(body))
         self.deliveries.append(Delivery(dict(request.headers), body, status))
-        return web.Response(status=status, headers=headers)
+        return web.Response(status=status, headers=headers, body=answer)
 
 
 @pytest.fixture(scope="module")
@@ -239,9 +244,7 @@ def serve(tmp_path: Path, **settings: str) -> tuple[int, list[str]]:
     itself (not the JSON log lines)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIBITZ_")}
     env.update(KIBITZ_PORT=str(free_port()), KIBITZ_DATA_DIR=str(tmp_path / "data"), KIBITZ_NOTIFY="webhook")
-    done = subprocess.run([KIBITZ, "serve"], env={**env, **settings}, capture_output=True, timeout=60)
-    lines = done.stderr.decode(errors="replace").strip().splitlines()
-    return done.returncode, [line for line in lines if not line.startswith("{")]
+    return serve_once({**env, **settings})
 
 
 @pytest.mark.parametrize(

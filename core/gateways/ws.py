@@ -311,11 +311,8 @@ async def _answer(frame: Frame, connection: Connection, kibitz: Kibitz) -> None:
 async def _send(frame: Send, connection: Connection, kibitz: Kibitz) -> None:
     turn = connection.order.take()  # first, while the frames' tasks still start in order
     try:
-        kibitz.messages.check_body(frame.body)
-        conversation = await kibitz.conversations.of_member(int(frame.conversation_id), connection.user_id)
-        kibitz.rate_limits.send(connection.user_id)
-        _, data, _ = await kibitz.messages.send(
-            connection.user, conversation, frame.body, frame.client_msg_id, turn
+        _, data, _ = await kibitz.messages.submit(
+            connection.user, int(frame.conversation_id), frame.body, frame.client_msg_id, turn
         )
     finally:
         turn.release()  # if this send ended before its message joined the log
