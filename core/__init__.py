@@ -2,13 +2,14 @@
 
 from .app_protocol import App
 from .errors import ConfigError, CursorExpired, InvalidRequest, NotFound, Rejected, Unavailable
-from .hookspecs import hookimpl
+from .hookspecs import PLUGIN_API, hookimpl
 from .ids import EPOCH_MS, TIME_SHIFT, IdsUnavailable, first_id_of
 from .leases import Lease, Leases, LeaseUnavailable
 from .logs import redact_url
 from .models import Conversation, Device, Draft, LogEntry, Message, PushSubscription, User
 from .outbound import Outbound, check_url, retry_pause, retryable
-from .settings import PluginSettings
+from .push import Push
+from .settings import PluginSettings, Settings
 from .slots import (
     BackupRecords,
     Finding,
@@ -26,6 +27,7 @@ from .tasks import Tasks
 
 __all__ = [
     "EPOCH_MS",
+    "PLUGIN_API",
     "TIME_SHIFT",
     "App",
     "BackupRecords",
@@ -51,8 +53,10 @@ __all__ = [
     "Outbound",
     "Page",
     "PluginSettings",
+    "Push",
     "PushSubscription",
     "Rejected",
+    "Settings",
     "Storage",
     "StoredMessage",
     "Tasks",

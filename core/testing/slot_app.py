@@ -43,10 +43,11 @@ class SlotApp:
 
 @asynccontextmanager
 async def slot_app(
-    data_dir: Path, database_url: str = "", instance_id: str = "test"
+    data_dir: Path, database_url: str = "", instance_id: str = "test", **core: Any
 ) -> AsyncIterator[SlotApp]:
-    """A ``SlotApp`` on a migrated database, disposed of afterwards."""
-    settings = Settings(data_dir=data_dir, database_url=database_url)
+    """A ``SlotApp`` on a migrated database, disposed of afterwards; ``core``: settings
+    of ``kibitz.Settings`` (``push_allow_insecure=True``, say)."""
+    settings = Settings(data_dir=data_dir, database_url=database_url, **core)
     engine = create_engine(settings.sqlalchemy_url)
     try:
         await migrate(engine)
