@@ -3,7 +3,7 @@
 from .app_protocol import App
 from .deliveries import Deliveries
 from .errors import ApiError, ConfigError, CursorExpired, InvalidRequest, NotFound, Rejected, Unavailable
-from .hookspecs import hookimpl
+from .hookspecs import PLUGIN_API, hookimpl
 from .ids import EPOCH_MS, TIME_SHIFT, IdsUnavailable, first_id_of
 from .inputs import decode, path_id
 from .leases import Lease, Leases, LeaseUnavailable
@@ -11,7 +11,8 @@ from .logs import redact_url
 from .models import Conversation, Device, Draft, LogEntry, Message, PushSubscription, User
 from .openapi import operation as openapi_operation
 from .outbound import Outbound, check_url, retry_pause, retryable
-from .settings import PluginSettings
+from .push import Push
+from .settings import PluginSettings, Settings
 from .slots import (
     BackupRecords,
     Finding,
@@ -29,6 +30,7 @@ from .tasks import Tasks
 
 __all__ = [
     "EPOCH_MS",
+    "PLUGIN_API",
     "TIME_SHIFT",
     "ApiError",
     "App",
@@ -56,8 +58,10 @@ __all__ = [
     "Outbound",
     "Page",
     "PluginSettings",
+    "Push",
     "PushSubscription",
     "Rejected",
+    "Settings",
     "Storage",
     "StoredMessage",
     "Tasks",

@@ -62,12 +62,28 @@ def create_plugin_manager(settings: Settings, extra: Iterable[object] = ()) -> p
             variable = "KIBITZ_PLUGINS" if name in settings.plugins else _variable_for(settings, name)
             raise ConfigError(f"{variable}={name!r}: no installed plugin provides it")
         try:
-            pm.register(available[name].load(), name=name)
+            module = available[name].load()
         except Exception as e:
             raise ConfigError(f"plugin {name!r} failed to load: {type(e).__name__}: {e}") from None
+        _check_api(name, getattr(module, "PLUGIN_API", hookspecs.PLUGIN_API))
+        pm.register(module, name=name)
     for plugin in reversed(list(extra)):
         pm.register(plugin)
     return pm
+
+
+def _check_api(name: str, wanted: str) -> None:
+    """Refuse a plugin written for a plugin API this Kibitz does not provide."""
+    try:
+        major, minor = (int(part) for part in str(wanted).split("."))
+    except ValueError:
+        raise ConfigError(f"plugin {name!r}: PLUGIN_API={wanted!r} is not a version like '0.2'") from None
+    ours_major, ours_minor = (int(part) for part in hookspecs.PLUGIN_API.split("."))
+    if major != ours_major or minor > ours_minor:
+        raise ConfigError(
+            f"plugin {name!r} needs plugin API {wanted}; this Kibitz provides {hookspecs.PLUGIN_API}"
+            " (upgrade Kibitz, or install a version of the plugin made for it)"
+        )
 
 
 def _variable_for(settings: Settings, name: str) -> str:

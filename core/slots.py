@@ -1,12 +1,34 @@
 """The four slots: the moving parts the core knows only through these protocols.
 
 A plugin fills a slot by returning one of these objects from its ``register_*`` hook
-(see ``hookspecs.py``). The core calls ``start(app)`` once at start-up, in the order
-ids, transport, storage, notifiers, and ``close()`` in reverse order at shutdown. A slot
-never sees HTTP: it gets ints, bytes and the objects of ``kibitz.models``.
+(see ``hookspecs.py``). A slot never sees HTTP: it gets ints, bytes and the objects of
+``kibitz.models``. Positions are the transport's: ints that grow along the log; the core
+turns them into the opaque cursors clients see.
 
-Positions are the transport's: ints that grow along the log. The core turns them into
-the opaque cursors clients see.
+The rules every slot keeps (``kibitz.testing`` checks them):
+
+- **Start and close.** ``start(app)`` runs once, in the order ids, transport, storage,
+  notifiers, before the server takes requests; it connects (or starts an embedded
+  service) and returns once the slot can serve, or raises, which stops start-up naming
+  the slot (``ConfigError`` for a setting only a started slot can check: one line, exit
+  status 2). Background loops a slot starts are its own, and ``close()`` (reverse order,
+  after every connection has drained) stops and awaits them, then disconnects. ``close``
+  is called after a failed ``start`` too, and must not raise for what never started.
+- **A backing service that does not answer** is ``ConnectionError`` (or ``TimeoutError``),
+  raised from the slot's methods: the core answers the request with 503 and
+  ``Retry-After``, and nothing is half-done. A slot translates its client library's own
+  connection errors; anything else is a bug and answers 500. ``kibitz.Unavailable`` lets a
+  slot give its own message and retry time (an ids generator without a lease).
+- **Commit order.** ``Transport.append`` commits calls in the order they start (the core
+  keeps a sender's messages in order that way), so an implementation queues the call
+  before its first ``await``; the live feed hands events over in log order per user.
+- **Control signals pass everywhere.** ``Transport.signal`` carries control signals as
+  well as typing: a revoked device's ``!revoke <id>`` must reach the connections of every
+  instance, so a transport serving several instances delivers each signal to all of them
+  (and to this one), and a transport serving one instance says so in its docs.
+- **Idempotence.** Storage appends may repeat (a replay of the log after a crash) and
+  change nothing the second time; ``forget_before`` may run on several instances at once.
+- **No blocking.** Every method runs on the event loop: blocking work goes to a thread.
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ class SequenceIds:
         self._take_block: sa.Update | None = None
 
     async def start(self, app: App) -> None:
-        """Create the counter if it is missing and take a first block; keep a spare in the background."""
+        """Create the counter if it is missing and take a block and a spare; keep a spare from then on."""
         engine, dialect = app.engine, app.engine.dialect.name
         if dialect not in _NOW_MS:
             raise ConfigError(f"the sequence ids plugin needs SQLite or PostgreSQL, not {dialect}")
@@ -138,6 +138,7 @@ class SequenceIds:
             )
             await db.execute(counter.insert().from_select(["id", "next"], missing))
         self._current = await self._take()
+        self._spare = await self._take()  # a burst right after start has two blocks
         self._blocked = ""
         self._task = asyncio.create_task(self._keep_ready(), name="sequence-blocks")
 

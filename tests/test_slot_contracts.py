@@ -1,5 +1,5 @@
-"""Every built-in transport and storage passes the contract of its slot (``kibitz.testing``),
-found through its entry point and started as ``kibitz serve`` starts it."""
+"""Every built-in slot plugin passes the contract of its slot (``kibitz.testing``), found
+through its entry point and started as ``kibitz serve`` starts it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,17 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from kibitz.testing import Feed, StorageContract, TransportContract, slot_app, started_slot
+from kibitz.supervisor import free_port
+from kibitz.testing import (
+    Feed,
+    IdsContract,
+    NotifierContract,
+    SlotApp,
+    StorageContract,
+    TransportContract,
+    slot_app,
+    started_slot,
+)
 
 from .conftest import fresh_postgres_database
 
@@ -178,3 +188,51 @@ class TestSqlStorage(StorageContract):
     async def empty_storage(self, tmp_path: Path, sql_database: Any) -> AsyncIterator[Any]:
         async with sql_storage(tmp_path, sql_database) as storage:
             yield storage
+
+
+class TestSnowflakeIds(IdsContract):
+    plugin = "snowflake"
+
+
+class TestSequenceIds(IdsContract):
+    plugin = "sequence"
+
+    @pytest.fixture(params=["sqlite", "postgresql"])
+    async def database_url(self, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+        if request.param == "sqlite":
+            yield f"sqlite+aiosqlite:///{tmp_path / 'ids.sqlite3'}"
+            return
+        base = os.environ.get("KIBITZ_TEST_DATABASE_URL")
+        if not base:
+            pytest.skip("KIBITZ_TEST_DATABASE_URL is not set")
+        async with fresh_postgres_database(base) as url:
+            yield url
+
+
+@pytest.fixture
+async def notifier_app(tmp_path: Path) -> AsyncIterator[SlotApp]:
+    async with slot_app(tmp_path, push_allow_insecure=True) as app:
+        yield app
+
+
+class TestLogNotifier(NotifierContract):
+    @pytest.fixture
+    async def notifier(self, notifier_app: SlotApp) -> AsyncIterator[Any]:
+        async with started_slot("notifier", "log", notifier_app) as notifier:
+            yield notifier
+
+
+class TestWebPushNotifier(NotifierContract):
+    @pytest.fixture
+    async def notifier(self, notifier_app: SlotApp) -> AsyncIterator[Any]:
+        await notifier_app.push.start()  # the server's VAPID key
+        async with started_slot("notifier", "webpush", notifier_app) as notifier:
+            yield notifier
+
+
+class TestWebhookNotifier(NotifierContract):
+    @pytest.fixture
+    async def notifier(self, notifier_app: SlotApp) -> AsyncIterator[Any]:
+        settings = {"url": f"http://127.0.0.1:{free_port()}/hook", "secret": "s" * 32}
+        async with started_slot("notifier", "webhook", notifier_app, settings) as notifier:
+            yield notifier

@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..database import create_engine, migrate
-from ..errors import NotFound
+from ..errors import NotFound, Unauthorized, Unavailable
 from ..leases import Leases
-from ..models import Conversation, User
+from ..models import Conversation, Message, User
 from ..plugin_manager import create_plugin_manager, fill_slot
 from ..push import Push
 from ..settings import Settings
@@ -40,13 +40,28 @@ class SlotApp:
     async def conversation(self, conversation_id: int) -> Conversation | None:
         return None
 
+    async def authenticated(self, request: Any) -> User:
+        raise Unauthorized("a slot test has no accounts")
+
+    async def bot(self, username: str, display_name: str | None = None) -> User:
+        raise Unavailable("a slot test has no accounts")
+
+    async def add_member(self, conversation_id: int, user_id: int) -> Conversation:
+        raise NotFound("no such conversation")
+
+    async def post(
+        self, sender: User, conversation_id: int, body: str, client_msg_id: str | None = None
+    ) -> Message:
+        raise NotFound("no such conversation")
+
 
 @asynccontextmanager
 async def slot_app(
-    data_dir: Path, database_url: str = "", instance_id: str = "test"
+    data_dir: Path, database_url: str = "", instance_id: str = "test", **core: Any
 ) -> AsyncIterator[SlotApp]:
-    """A ``SlotApp`` on a migrated database, disposed of afterwards."""
-    settings = Settings(data_dir=data_dir, database_url=database_url)
+    """A ``SlotApp`` on a migrated database, disposed of afterwards; ``core``: settings
+    of ``kibitz.Settings`` (``push_allow_insecure=True``, say)."""
+    settings = Settings(data_dir=data_dir, database_url=database_url, **core)
     engine = create_engine(settings.sqlalchemy_url)
     try:
         await migrate(engine)
