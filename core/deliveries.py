@@ -106,7 +106,7 @@ class Deliveries:
             return
         if self._pending >= MAX_PENDING:
             self.log.warning(
-                f"{self.name}_dropped", extra={"delivery": delivery, "reason": "too many waiting"}
+                f"{self.name}_dropped", extra={"delivery": delivery, "reason": "too many retries waiting"}
             )
             return
         self._pending += 1
