@@ -43,6 +43,9 @@ BAD_CONFIGURATION = [
     ("KIBITZ_REDIS_URL", "http://x"),
 ]
 
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
+
 
 def clean_environ(tmp_path: Path) -> dict[str, str]:
     """This process's environment without any KIBITZ_ setting, plus a data folder and a port."""
