@@ -26,6 +26,7 @@ from .errors import ConfigError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 REGISTRATION_MODES = ("open", "invite", "closed")
+PRE_SEND_FAILURES = ("open", "closed")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Async drivers for the database URLs operators write without one.
 ASYNC_DRIVERS = {
@@ -118,6 +119,8 @@ class Settings:
     max_message_chars: int = 4000
     max_frame_bytes: int = 65536
     ping_interval: float = 30.0
+    plugin_timeout: float = 5.0  # seconds an extension hook may take before it is skipped
+    pre_send_failure: str = "open"  # a wrap_send that fails: "open" lets the message pass
     log_level: str = "INFO"
     tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     environ: Mapping[str, str] = field(default_factory=dict)
@@ -203,6 +206,14 @@ def load_settings(config: str | None = None, environ: Mapping[str, str] | None =
     if registration not in REGISTRATION_MODES:
         raise ConfigError(f"{source}={registration!r}: must be one of {', '.join(REGISTRATION_MODES)}")
     values["registration"] = registration
+    source, failure = get("pre_send_failure", d.pre_send_failure)
+    if failure not in PRE_SEND_FAILURES:
+        raise ConfigError(f"{source}={failure!r}: must be one of {', '.join(PRE_SEND_FAILURES)}")
+    values["pre_send_failure"] = failure
+    source, timeout = get("plugin_timeout", d.plugin_timeout)
+    values["plugin_timeout"] = parse_duration(source, timeout)
+    if values["plugin_timeout"] <= 0:
+        raise ConfigError(f"{source}={timeout!r}: must be above 0")
     values["rate_limits"] = _switch(*get("rate_limits", "on"))
     values["push_allow_insecure"] = _switch(*get("push_allow_insecure", "off"))
     values["push_preview"] = _switch(*get("push_preview", "on"))

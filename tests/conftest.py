@@ -1,4 +1,5 @@
-"""Shared fixtures: one real NATS JetStream and one real Redis per test session, on free ports."""
+"""Shared fixtures: one real NATS JetStream and one real Redis per test session, on free
+ports, a session server per stack, and the markers of the fast tier."""
 
 from __future__ import annotations
 
@@ -19,32 +20,45 @@ from kibitz.testing import InProcessServer, running_server
 from .kibitz_client import Client, Server, make_server, nats_child, redis_child
 
 
+class SessionServices:
+    """The session's NATS JetStream and Redis, each started the first time a test needs it
+    (the fast tier needs neither), stopped at the end of the session."""
+
+    def __init__(self, folders: pytest.TempPathFactory) -> None:
+        self.folders = folders
+        self.children: dict[str, ChildProcess] = {}
+
+    async def url(self, kind: str) -> str:
+        if kind not in self.children:
+            folder = self.folders.mktemp(kind)
+            child = nats_child(folder) if kind == "nats" else redis_child(folder)
+            await child.start()
+            self.children[kind] = child
+        port = self.children[kind].port
+        return f"nats://127.0.0.1:{port}" if kind == "nats" else f"redis://127.0.0.1:{port}/0"
+
+    async def stop(self) -> None:
+        for child in self.children.values():
+            await child.stop()
+
+
 @pytest.fixture(scope="session")
-async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ChildProcess]:
+async def session_services(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SessionServices]:
+    services = SessionServices(tmp_path_factory)
+    yield services
+    await services.stop()
+
+
+@pytest.fixture(scope="session")
+async def nats_url(session_services: SessionServices) -> str:
     """The session's nats-server."""
-    child = nats_child(tmp_path_factory.mktemp("nats"))
-    await child.start()
-    yield child
-    await child.stop()
+    return await session_services.url("nats")
 
 
 @pytest.fixture(scope="session")
-def nats_url(nats_server: ChildProcess) -> str:
-    return f"nats://127.0.0.1:{nats_server.port}"
-
-
-@pytest.fixture(scope="session")
-async def redis_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ChildProcess]:
+async def redis_url(session_services: SessionServices) -> str:
     """The session's redis-server."""
-    child = redis_child(tmp_path_factory.mktemp("redis"))
-    await child.start()
-    yield child
-    await child.stop()
-
-
-@pytest.fixture(scope="session")
-def redis_url(redis_server: ChildProcess) -> str:
-    return f"redis://127.0.0.1:{redis_server.port}/0"
+    return await session_services.url("redis")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -61,7 +75,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 # What the fast tier (``pytest -m "not services"``) leaves out: tests that need NATS, Redis,
 # PostgreSQL or a process of their own. Those using the session's services are found here
 # by their fixtures and parameters; modules that start processes themselves say so.
-SERVICE_FIXTURES = {"nats_server", "nats_url", "redis_server", "redis_url", "short_retention"}
+SERVICE_FIXTURES = {"nats_url", "redis_url", "short_retention"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by the markers added here
@@ -161,7 +175,7 @@ async def kind(engine: AsyncEngine) -> AsyncIterator[str]:
 
 @pytest.fixture(scope="session")
 async def server(
-    stack: dict[str, str], request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    stack: dict[str, str], session_services: SessionServices, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Server | InProcessServer]:
     """A real server for the session on one stack, with the example plugin enabled.
 
@@ -175,8 +189,10 @@ async def server(
             yield in_process
         return
     if stack == {"KIBITZ_TRANSPORT": "nats", "KIBITZ_STORAGE": "redis"}:
-        nats_url, redis_url = request.getfixturevalue("nats_url"), request.getfixturevalue("redis_url")
-        env |= {"KIBITZ_NATS_URL": nats_url, "KIBITZ_REDIS_URL": redis_url}
+        env |= {
+            "KIBITZ_NATS_URL": await session_services.url("nats"),
+            "KIBITZ_REDIS_URL": await session_services.url("redis"),
+        }
     server = make_server(folder / "data", **env)
     await asyncio.to_thread(server.start)
     yield server
