@@ -61,14 +61,24 @@ async def redis_url(session_services: SessionServices) -> str:
     return await session_services.url("redis")
 
 
+@pytest.fixture(scope="session")
+async def postgres_url() -> AsyncIterator[str]:
+    """A PostgreSQL database of the session's own, made on the server that
+    KIBITZ_TEST_DATABASE_URL names: never the named database itself, which other checkouts
+    (of other schema versions) share."""
+    base = os.environ.get("KIBITZ_TEST_DATABASE_URL")
+    if not base:
+        pytest.skip("KIBITZ_TEST_DATABASE_URL is not set")
+    async with fresh_postgres_database(base) as url:
+        yield url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """SQLite in a temp folder, and PostgreSQL when KIBITZ_TEST_DATABASE_URL names one."""
+    """SQLite in a temp folder, and the session's PostgreSQL database when there is a server."""
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'kibitz.sqlite3'}"
-    url = os.environ.get("KIBITZ_TEST_DATABASE_URL")
-    if not url:
-        pytest.skip("KIBITZ_TEST_DATABASE_URL is not set")
+    url: str = request.getfixturevalue("postgres_url")
     return url
 
 
