@@ -24,6 +24,7 @@ from . import admin_api, api, operations, push, web_client
 from .accounts import Accounts
 from .admin import Admin, AdminSocket
 from .clients import Clients
+from .commands import gather_commands
 from .conversations import Conversations
 from .cursors import Cursors, load_cursor_key
 from .database import create_engine, migrate
@@ -100,6 +101,7 @@ class Kibitz:
         )
         self.admin = Admin(self)  # the operator's actions (kibitz user ..., kibitz invite ...)
         self.admin_socket = AdminSocket(self.admin, self.data_dir)
+        self.commands = gather_commands(self.pm, self)
         self.cursors = Cursors(b"")
         self.ready = False
         self.stopping = asyncio.Event()

@@ -19,7 +19,7 @@ import pluggy
 from . import hookspecs
 from .errors import ConfigError, Rejected, Unavailable
 from .metrics import Metrics
-from .settings import Settings
+from .settings import PluginSettings, Settings
 
 log = logging.getLogger("kibitz.plugins")
 
@@ -42,9 +42,21 @@ def installed_plugins() -> dict[str, tuple[str, str, list[str]]]:
         except Exception as e:
             found[ep.name] = (ep.value, package, [f"fails to load: {type(e).__name__}: {e}"])
             continue
-        hooks = [name for name in dir(module) if hasattr(getattr(module, name), "kibitz_impl")]
+        hooks = sorted(
+            {name for owner in _hook_owners(module) for name in dir(owner) if _is_hook(owner, name)}
+        )
         found[ep.name] = (ep.value, package, hooks)
     return found
+
+
+def _hook_owners(module: Any) -> list[Any]:
+    """The module, and the classes it defines (what ``create_plugin`` makes is one)."""
+    classes = [v for v in vars(module).values() if inspect.isclass(v) and v.__module__ == module.__name__]
+    return [module, *classes]
+
+
+def _is_hook(owner: Any, name: str) -> bool:
+    return hasattr(getattr(owner, name, None), "kibitz_impl")
 
 
 def create_plugin_manager(settings: Settings, extra: Iterable[object] = ()) -> pluggy.PluginManager:
@@ -68,10 +80,35 @@ def create_plugin_manager(settings: Settings, extra: Iterable[object] = ()) -> p
         except Exception as e:
             raise ConfigError(f"plugin {name!r} failed to load: {type(e).__name__}: {e}") from None
         _check_api(name, getattr(module, "PLUGIN_API", hookspecs.PLUGIN_API))
-        pm.register(module, name=name)
+        pm.register(_configured(module, name, settings), name=name)
     for plugin in reversed(list(extra)):
         pm.register(plugin)
     return pm
+
+
+def _configured(module: Any, name: str, settings: Settings) -> object:
+    """What an extension plugin registers: the object its ``create_plugin(settings)`` makes
+    from its ``[name]`` table (checked there: a bad value raises ``ConfigError``), else the
+    module itself."""
+    factory = getattr(module, "create_plugin", None)
+    if factory is None or name not in settings.plugins:
+        return module
+    plugin_settings = settings.plugin(name)
+    try:
+        plugin: object = factory(plugin_settings)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"plugin {name!r}: {type(e).__name__}: {e}") from None
+    _refuse_unknown(plugin_settings, name)
+    return plugin
+
+
+def _refuse_unknown(plugin_settings: PluginSettings, name: str) -> None:
+    unknown = plugin_settings.unknown()
+    if unknown:
+        hint = plugin_settings.hint(unknown[0])
+        raise ConfigError(f"{unknown[0]}: the {name} plugin has no such setting{hint}")
 
 
 def _check_api(name: str, wanted: str) -> None:
@@ -113,10 +150,7 @@ def fill_slot(pm: pluggy.PluginManager, slot: str, name: str, settings: Settings
         raise ConfigError(
             f"{SLOT_VARIABLES[slot]}={name!r}: no installed plugin provides a {slot} by that name"
         )
-    unknown = plugin_settings.unknown()
-    if unknown:
-        hint = plugin_settings.hint(unknown[0])
-        raise ConfigError(f"{unknown[0]}: the {name} plugin has no such setting{hint}")
+    _refuse_unknown(plugin_settings, name)
     return found
 
 

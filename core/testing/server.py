@@ -71,6 +71,9 @@ async def running_server(
     env |= {"KIBITZ_HOST": "127.0.0.1", "KIBITZ_PORT": str(port)}
     settings = load_settings(environ=env)
     sanic = create_app(settings, plugins)
+    # Sanic's touch-up rewrites its protocol class's methods from their source once per
+    # process; a second server in the same process would find them rewritten already.
+    sanic.config.TOUCHUP = False
     server: Any = await sanic.create_server(
         host="127.0.0.1",
         port=port,
