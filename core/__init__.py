@@ -1,6 +1,7 @@
 """Kibitz: a self-hosted chat appliance. The public names plugins import."""
 
 from .app_protocol import App
+from .commands import Command
 from .deliveries import Deliveries
 from .errors import ApiError, ConfigError, CursorExpired, InvalidRequest, NotFound, Rejected, Unavailable
 from .hookspecs import PLUGIN_API, hookimpl
@@ -11,6 +12,7 @@ from .logs import redact_url
 from .models import Conversation, Device, Draft, LogEntry, Message, PushSubscription, User
 from .openapi import operation as openapi_operation
 from .outbound import Outbound, check_url, retry_pause, retryable
+from .plugin_settings import Duration, Size
 from .push import Push
 from .settings import PluginSettings, Settings
 from .slots import (
@@ -36,12 +38,14 @@ __all__ = [
     "App",
     "BackupRecords",
     "ChildProcess",
+    "Command",
     "ConfigError",
     "Conversation",
     "CursorExpired",
     "Deliveries",
     "Device",
     "Draft",
+    "Duration",
     "Finding",
     "IdGenerator",
     "IdsUnavailable",
@@ -62,6 +66,7 @@ __all__ = [
     "PushSubscription",
     "Rejected",
     "Settings",
+    "Size",
     "Storage",
     "StoredMessage",
     "Tasks",

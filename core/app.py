@@ -25,6 +25,7 @@ from . import admin_api, api, operations, push, web_client
 from .accounts import Accounts
 from .admin import Admin, AdminSocket
 from .clients import Clients
+from .commands import gather_commands
 from .conversations import Conversations
 from .cursors import Cursors, load_cursor_key
 from .database import create_engine, migrate
@@ -39,7 +40,7 @@ from .metrics import Metrics
 from .models import Conversation, Message, User
 from .notifications import NotificationFollower
 from .openapi import plugin_path
-from .plugin_manager import call_each, create_plugin_manager, fill_slot
+from .plugin_manager import Hooks, create_plugin_manager, fill_slot
 from .presence import Presence
 from .progress import ProgressDisplay
 from .push import Push
@@ -73,6 +74,9 @@ class Kibitz:
             fill_slot(self.pm, "notifier", n, settings) for n in settings.notify
         ]
         self.metrics = Metrics()
+        self.hooks = Hooks(
+            self.pm, self.metrics, settings.plugin_timeout, settings.pre_send_failure == "closed"
+        )
         self.tasks = Tasks()  # background work of every part; shutdown waits for it
         self.disk = DiskWatch(self.data_dir, settings.disk_reserve, self.metrics)
         self.engine = create_engine(settings.sqlalchemy_url)
@@ -86,7 +90,13 @@ class Kibitz:
         self.follower = StorageFollower(self.transport, self.storage)
         self.retention = HistoryRetention(self.storage, self.ids, settings.history_retention)
         self.messages = Messages(
-            self, self.pm, self.transport, self.storage, self.ids, settings.max_message_chars, self.follower
+            self,
+            self.hooks,
+            self.transport,
+            self.storage,
+            self.ids,
+            settings.max_message_chars,
+            self.follower,
         )
         self.rate_limits = RateLimits(settings.rate_limits)
         self.clients = Clients(
@@ -94,6 +104,7 @@ class Kibitz:
         )
         self.admin = Admin(self)  # the operator's actions (kibitz user ..., kibitz invite ...)
         self.admin_socket = AdminSocket(self.admin, self.data_dir)
+        self.commands = gather_commands(self.pm, self)
         self.cursors = Cursors(b"")
         self.openapi_paths: dict[str, dict[str, Any]] = {}  # of the routes plugins registered
         self.ready = False
@@ -140,7 +151,7 @@ class Kibitz:
         """
         try:
             await self._start_parts()
-            await call_each(self.pm, "startup", stop_on=(ConfigError,), app=self)
+            await self.hooks.call_each("startup", stop_on=(ConfigError,), app=self)
         except ConfigError as e:  # a setting only a started part can check (a webhook's address)
             await self.stop()
             raise ConfigError(str(e)) from None
@@ -189,7 +200,7 @@ class Kibitz:
         await ws.close_all(self)
         await self.messages.drain()
         await self.tasks.wait()
-        await call_each(self.pm, "shutdown", app=self)
+        await self.hooks.call_each("shutdown", app=self)
 
     async def stop(self) -> None:
         await self.admin_socket.close()

@@ -13,13 +13,14 @@ broken extension never loses or blocks a message.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:
     from .app_protocol import App
+    from .commands import Command
     from .models import Conversation, Device, Draft, Message, User
     from .settings import PluginSettings
     from .slots import IdGenerator, Notifier, Storage, Transport
@@ -87,6 +88,17 @@ def register_routes(register: Callable[..., None], app: App) -> None:
 
 
 @hookspec
+def register_commands(app: App) -> Iterable[Command] | None:
+    """Add slash commands: return ``kibitz.Command`` objects (``/me``, ``/shrug``, ``/poll``).
+
+    Called once while the application is built; the commands of every plugin are gathered
+    into ``app.commands``, and a name two plugins use stops start-up. They run when the
+    ``commands`` plugin is enabled: a message whose body starts with ``/name`` runs that
+    command before it is accepted (see ``Command``). Added in 0.2.
+    """
+
+
+@hookspec
 def wrap_send(
     draft: Draft, sender: User, conversation: Conversation, app: App
 ) -> Callable[[], AsyncGenerator[None, Message]] | None:
@@ -146,9 +158,10 @@ def startup(app: App) -> Awaitable[None] | None:
     """The server is about to take requests: every slot has started.
 
     May be async. Every implementation runs; one that raises is logged and skipped, except
-    that ``ConfigError("<where>: <problem>")`` (an extension's settings that cannot work,
-    read with ``app.settings.plugin(name)``) stops start-up with that line and exit status
-    2. Added in 0.1. Changed in 0.2: ``ConfigError`` stops start-up.
+    that ``ConfigError("<where>: <problem>")`` stops start-up with that line and exit
+    status 2: for a setting only the started server can check (a URL's address, a bot's
+    username; the rest is checked as ``create_plugin`` makes the plugin). Added in 0.1.
+    Changed in 0.2: ``ConfigError`` stops start-up.
     """
 
 

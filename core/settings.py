@@ -20,12 +20,18 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import ConfigError
 
+if TYPE_CHECKING:
+    import msgspec
+
+    S = TypeVar("S", bound=msgspec.Struct)
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 REGISTRATION_MODES = ("open", "invite", "closed")
+PRE_SEND_FAILURES = ("open", "closed")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Async drivers for the database URLs operators write without one.
 ASYNC_DRIVERS = {
@@ -68,15 +74,6 @@ class PluginSettings(Mapping[str, Any]):
         """Where settings were given that the plugin never read (likely typos)."""
         return [self._sources[key] for key in self._values if key not in self._read]
 
-    def refuse_unknown(self) -> None:
-        """``ConfigError`` naming the first setting given that the plugin never read (call it
-        once the plugin has read its settings), with the closest one it does read."""
-        unknown = self.unknown()
-        if unknown:
-            raise ConfigError(
-                f"{unknown[0]}: the {self.plugin} plugin has no such setting{self.hint(unknown[0])}"
-            )
-
     def hint(self, source: str) -> str:
         """For one of ``unknown()``: ``"; did you mean ..."`` naming the closest setting the
         plugin reads (or core variable), or ``""``."""
@@ -101,7 +98,14 @@ class PluginSettings(Mapping[str, Any]):
         return parse_duration(self.source(key), self.get(key, default))
 
     def size(self, key: str, default: int) -> int:
-        return _size(self.source(key), self.get(key, default))
+        return parse_size(self.source(key), self.get(key, default))
+
+    def parse(self, schema: type[S]) -> S:
+        """These settings as an instance of ``schema``, the ``msgspec.Struct`` the plugin
+        declares (see ``kibitz.plugin_settings``); ``ConfigError`` names a bad value."""
+        from .plugin_settings import parse
+
+        return parse(self, schema)
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,8 @@ class Settings:
     max_message_chars: int = 4000
     max_frame_bytes: int = 65536
     ping_interval: float = 30.0
+    plugin_timeout: float = 5.0  # seconds an extension hook may take before it is skipped
+    pre_send_failure: str = "open"  # a wrap_send that fails: "open" lets the message pass
     log_level: str = "INFO"
     tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     environ: Mapping[str, str] = field(default_factory=dict)
@@ -212,14 +218,22 @@ def load_settings(config: str | None = None, environ: Mapping[str, str] | None =
     if registration not in REGISTRATION_MODES:
         raise ConfigError(f"{source}={registration!r}: must be one of {', '.join(REGISTRATION_MODES)}")
     values["registration"] = registration
-    values["rate_limits"] = _switch(*get("rate_limits", "on"))
-    values["push_allow_insecure"] = _switch(*get("push_allow_insecure", "off"))
-    values["push_preview"] = _switch(*get("push_preview", "on"))
+    source, failure = get("pre_send_failure", d.pre_send_failure)
+    if failure not in PRE_SEND_FAILURES:
+        raise ConfigError(f"{source}={failure!r}: must be one of {', '.join(PRE_SEND_FAILURES)}")
+    values["pre_send_failure"] = failure
+    source, timeout = get("plugin_timeout", d.plugin_timeout)
+    values["plugin_timeout"] = parse_duration(source, timeout)
+    if values["plugin_timeout"] <= 0:
+        raise ConfigError(f"{source}={timeout!r}: must be above 0")
+    values["rate_limits"] = parse_switch(*get("rate_limits", "on"))
+    values["push_allow_insecure"] = parse_switch(*get("push_allow_insecure", "off"))
+    values["push_preview"] = parse_switch(*get("push_preview", "on"))
     values["max_connections_per_address"] = _integer(
         *get("max_connections_per_address", d.max_connections_per_address), 1
     )
     values["trusted_proxies"] = _networks(*get("trusted_proxies", ""))
-    values["disk_reserve"] = _size(*get("disk_reserve", "512MB"))
+    values["disk_reserve"] = parse_size(*get("disk_reserve", "512MB"))
     history = get("history_retention", "forever")
     values["history_retention"] = 0.0 if str(history[1]).strip() == "forever" else parse_duration(*history)
     if values["public_url"] and not values["public_url"].startswith(("http://", "https://")):
@@ -274,7 +288,7 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(n.strip() for n in items if str(n).strip())
 
 
-def _switch(source: str, value: Any) -> bool:
+def parse_switch(source: str, value: Any) -> bool:
     """``on``/``off`` (or ``true``/``false``, ``1``/``0``, a TOML boolean) as a bool."""
     text = str(value).lower()
     if text not in ("on", "off", "true", "false", "1", "0"):
@@ -318,7 +332,7 @@ def parse_duration(source: str, value: Any) -> float:
     return seconds
 
 
-def _size(source: str, value: Any) -> int:
+def parse_size(source: str, value: Any) -> int:
     """``1048576``, ``"512MB"`` or ``"10GB"`` as bytes."""
     text = str(value).strip().lower()
     digits = text.rstrip("kmgb")

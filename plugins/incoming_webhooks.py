@@ -38,7 +38,6 @@ from kibitz import (
     path_id,
 )
 
-NAME = "incoming_webhooks"
 MAX_NAME = 64  # a display name's limit: the bot is shown by it
 _CREATE_LOCK = 7160427  # PostgreSQL instances starting together create the table one at a time
 
@@ -87,7 +86,6 @@ async def _of_member(app: App, cid: str, user: User) -> Conversation:
 
 @hookimpl
 async def startup(app: App) -> None:
-    app.settings.plugin(NAME).refuse_unknown()
     async with app.engine.begin() as db:
         if db.dialect.name == "postgresql":
             await db.execute(sa.text(f"SELECT pg_advisory_xact_lock({_CREATE_LOCK})"))

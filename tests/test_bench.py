@@ -14,6 +14,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ["one_to_one", "group_fanout", "long_poll", "catch_up", "idle_connections", "history", "startup"]
 
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
+
 
 @pytest.mark.timeout(300)
 def test_quick_run_measures_every_scenario(tmp_path: Path) -> None:

@@ -8,9 +8,12 @@ import subprocess
 import uuid
 
 import orjson
+import pytest
 
 from .kibitz_client import KIBITZ, PASSWORD, Client, Server, Socket, assert_error
 from .test_admin import kibitz
+
+pytestmark = pytest.mark.services  # kibitz commands, as processes
 
 
 async def test_every_user_object_says_whether_it_is_a_bot(client: Client) -> None:

@@ -18,8 +18,6 @@ from kibitz.database import create_engine, metadata, migrate
 
 from .conftest import fresh_postgres_database
 
-pytestmark = pytest.mark.relational
-
 
 def _differences(connection: sa.Connection) -> list[Any]:
     context = MigrationContext.configure(

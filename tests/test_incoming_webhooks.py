@@ -17,14 +17,19 @@ from kibitz.operations import logged_path
 from .kibitz_client import Client, Session, Socket, assert_error, serving
 from .test_admin import kibitz
 
-pytestmark = pytest.mark.relational  # the plugin's table, on SQLite and on PostgreSQL
+pytestmark = pytest.mark.services  # a kibitz serve of its own
 
 
-@pytest.fixture(scope="module")
-async def hooks(tmp_path_factory: pytest.TempPathFactory, stack: dict[str, str]) -> AsyncIterator[Client]:
-    """A client of a server of the module's own, with the extension enabled."""
-    data = tmp_path_factory.mktemp("hooks") / "data"
-    async with serving(data, KIBITZ_PLUGINS="incoming_webhooks", **stack) as (_, client):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+async def hooks(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Client]:
+    """A client of a server of the module's own, with the extension enabled: its table on
+    SQLite, and on the session's PostgreSQL database when there is a server."""
+    env = {"KIBITZ_PLUGINS": "incoming_webhooks"}
+    if request.param == "postgresql":
+        env["KIBITZ_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    async with serving(tmp_path_factory.mktemp("hooks") / "data", **env) as (_, client):
         yield client
 
 

@@ -18,6 +18,8 @@ from kibitz.testing import wait_until
 from .kibitz_client import Client, Session, Socket, make_server, serve_once, serving
 from .test_webhook import SECRET, Delivery, Receiver, logged, verify
 
+pytestmark = pytest.mark.services  # a kibitz serve of its own, and a receiver
+
 
 @dataclass
 class Bot(Receiver):

@@ -16,10 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from kibitz.plugin_manager import create_plugin_manager
-from kibitz.plugins.outgoing_webhooks import OutgoingWebhooks
+from kibitz.plugins import moderation, outgoing_webhooks
 from kibitz.settings import PluginSettings, Settings, load_settings
 
 PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
@@ -34,11 +35,17 @@ PLUGIN_HOOKS = {
     "webpush": "register_notifier",
     "webhook": "register_notifier",
 }
-# The built-in extensions that read settings (at start-up), and what makes each from them.
-EXTENSIONS: dict[str, Callable[[PluginSettings], object]] = {"outgoing_webhooks": OutgoingWebhooks}
+# The built-in extensions that read settings, and what makes each from them.
+EXTENSIONS: dict[str, Callable[[PluginSettings], object]] = {
+    "moderation": moderation.create_plugin,
+    "outgoing_webhooks": outgoing_webhooks.create_plugin,
+}
 # Keys without a default: the table of a plugin that has any is commented out in the
 # example ("#[webhook]", "#url = ..."), with a sample value for each of these.
 REQUIRED = {"webhook": {"url", "secret"}, "outgoing_webhooks": {"url", "secret"}}
+
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
 
 
 class AskedSettings(PluginSettings):
@@ -107,12 +114,14 @@ def _maker(name: str) -> Callable[[PluginSettings], object]:
 
 def _plain(plugin: object) -> dict[str, Any]:
     """What a plugin object keeps from its settings: its attributes of plain types, and
-    those of the Kibitz objects it holds (``kibitz.Deliveries``)."""
+    those of the Kibitz objects and settings schemas it holds (``kibitz.Deliveries``)."""
     plain = str | int | float | bool | list | tuple | None
     kept = {}
     for key, value in vars(plugin).items():
         if isinstance(value, plain):
             kept[key] = value
+        elif isinstance(value, msgspec.Struct):  # a settings schema's values
+            kept[key] = msgspec.structs.asdict(value)
         elif type(value).__module__.startswith("kibitz.") and hasattr(value, "__dict__"):
             kept[key] = _plain(value)
     return kept
