@@ -55,7 +55,7 @@ def parse(settings: PluginSettings, schema: type[S]) -> S:
     try:
         return msgspec.convert(values, schema, strict=False, dec_hook=_decode)
     except msgspec.ValidationError as e:
-        found = re.search(r" - at `\$\.(\w+)`", str(e))
+        found = re.search(r" - at `\$\.(\w+)[^`]*`", str(e))  # `$.key` or `$.key[0]`
         if found is None:
             raise ConfigError(f"[{settings.plugin}]: {e}") from None
         key = found.group(1)

@@ -16,9 +16,10 @@ JSON object whose ``text`` is a non-empty string is posted into the same convers
 the bot, through ``App.post`` (a member's send: its limits, rate limit and ``wrap_send``),
 with ``client_msg_id`` ``reply-<message id>``. A try is made again only when no answer
 came or it was 429 or 5xx, so a reply is posted once. ``message_accepted`` returns at
-once (hooks have a time budget): each delivery runs in the plugin's own tasks, at most
-``MAX_SENDING`` at a time, and ``shutdown`` gives them ``CLOSE_WAIT`` seconds. If
-``startup`` runs over its time budget the plugin stays idle (logged as ``hook_failed``).
+once (hooks have a time budget): each delivery runs in the plugin's own tasks (beyond
+``MAX_SENDING`` under way a message is not sent), and ``shutdown`` gives them
+``CLOSE_WAIT`` seconds. If ``startup`` runs over its time budget the plugin stays idle
+(logged as ``hook_failed``).
 """
 
 from __future__ import annotations
