@@ -23,9 +23,13 @@ NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """One slash command. ``run(draft, arguments, sender)`` runs before the message is
-    accepted: it may change ``draft.body`` (what is sent instead) or raise
-    ``Rejected(reason)``, whose reason reaches the sender and nothing is sent. Added in 0.2."""
+    """One slash command: ``/name arguments``. ``await run(draft, arguments, sender)`` runs
+    before the message is accepted, within ``plugin_timeout``, with ``arguments`` the rest
+    of the body stripped (``""`` for a bare ``/name``). It may change ``draft.body`` (what
+    is sent instead; the length limit applies to the result) or raise ``Rejected(reason)``:
+    the sender gets 403 ``forbidden`` with the reason, and nothing is sent. ``usage`` and
+    ``help`` are what ``/help`` lists. Commands run only where the ``commands`` plugin is
+    enabled; elsewhere ``/name ...`` is sent as text. Added in 0.2."""
 
     name: str  # without the slash: a-z, 0-9 and -, starting with a letter
     usage: str  # "/me TEXT"

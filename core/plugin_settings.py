@@ -6,6 +6,7 @@
         words: list[str] = []
         action: Literal["reject", "mask"] = "reject"
         cool_down: Duration = Duration(30)
+        max_chars: Annotated[int, msgspec.Meta(ge=1, le=3500)] = 280  # a range
 
     settings = plugin_settings.parse(Settings)  # in register_* or a hook
 
@@ -59,7 +60,7 @@ def parse(settings: PluginSettings, schema: type[S]) -> S:
         if found is None:
             raise ConfigError(f"[{settings.plugin}]: {e}") from None
         key = found.group(1)
-        problem = str(e)[: found.start()]
+        problem = re.sub(r"^Expected `(\w+)`, got `\w+`$", r"not a valid \1", str(e)[: found.start()])
         raise ConfigError(f"{settings.source(key)}={settings.get(key)!r}: {problem}") from None
 
 

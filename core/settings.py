@@ -305,6 +305,8 @@ def _networks(source: str, value: Any) -> tuple[IPNetwork, ...]:
 
 
 def _integer(source: str, value: Any, minimum: int = 0, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"{source}={value!r}: not an integer")  # TOML's true or 300.5
     try:
         number = int(value)
     except (TypeError, ValueError):

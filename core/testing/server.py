@@ -1,10 +1,12 @@
 """A real Kibitz server inside the test's own process and event loop.
 
-``running_server(tmp_path, plugins="mine", KIBITZ_...=...)`` builds the application as
-``kibitz serve`` does (``create_app``, the configured plugins found through their entry
+``async with running_server(tmp_path, {"KIBITZ_PLUGINS": "mine"}) as server:`` builds
+the application as ``kibitz serve`` does (``create_app``, the configured plugins found through their entry
 points) and serves it on a free loopback port over real HTTP and WebSocket, on the
 memory transport and storage unless the settings say otherwise: it starts in a fraction
 of a second and needs no other process. It drains and stops as ``kibitz serve`` does.
+A bad setting raises ``ConfigError`` from the ``async with``, as ``kibitz serve`` would
+stop with it (``KIBITZ_CONFIG`` in ``environ`` names a TOML file to read).
 """
 
 from __future__ import annotations
