@@ -11,7 +11,7 @@ import inspect
 import logging
 from collections.abc import AsyncGenerator, Callable, Iterable
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
@@ -140,8 +140,10 @@ class SendWrappers:
         """Run each wrapper up to its ``yield``. ``Rejected`` propagates; other errors skip it."""
         for impl in reversed(pm.hook.wrap_send.get_hookimpls()):
             try:
-                factory: Callable[[], AsyncGenerator[None, Any]] | None = impl.function(
-                    *(kwargs[a] for a in impl.argnames)
+                # What wrap_send's spec says an implementation returns (pluggy types it object).
+                factory = cast(
+                    "Callable[[], AsyncGenerator[None, Any]] | None",
+                    impl.function(*(kwargs[a] for a in impl.argnames)),
                 )
                 if factory is None:
                     continue
