@@ -29,9 +29,9 @@ $(RUN_STAMP): pyproject.toml
 	@$(PIP) install -e .
 	@touch $@
 
-$(TEST_STAMP): $(RUN_STAMP) tests/example-plugin/pyproject.toml
-	@echo "Setting up the test tools and the example plugin in $(VENV)"
-	@$(PIP) install -e '.[test]' -e tests/example-plugin
+$(TEST_STAMP): $(RUN_STAMP) examples/kibitz-example/pyproject.toml examples/template/pyproject.toml
+	@echo "Setting up the test tools and the example plugins in $(VENV)"
+	@$(PIP) install -e '.[test]' -e examples/kibitz-example -e examples/template
 	@touch $@
 
 run: $(RUN_STAMP)

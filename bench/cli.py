@@ -20,7 +20,7 @@ from .budget import evaluate, floor_shares
 from .config import DEFAULT, QUICK, Sizes
 from .context import Context, run
 from .report import markdown, print_report
-from .scenarios import SCENARIOS
+from .scenarios import SCENARIOS, STANDALONE
 from .server import KibitzServer, raise_file_limit
 
 DEFAULT_OUT = Path(__file__).parent / "results"
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     server = KibitzServer(folder / "data", out / "logs")
     ctx = Context(server=server, sizes=sizes, out=out, profile=args.profile)
     try:
-        if scenarios:
+        if set(scenarios) - STANDALONE:
             print("\n== starting kibitz serve on a fresh data folder", flush=True)
             ctx.shared["first_start_s"] = server.start()
             print(

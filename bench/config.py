@@ -34,6 +34,10 @@ class Sizes:
     history_small: int = 1000
     history_large: int = 1_000_000
     history_requests: int = 1000
+    # the sql storage, called directly (PostgreSQL and SQLite)
+    sql_messages: int = 1_000_000
+    sql_calls: int = 300
+    sql_far_calls: int = 50  # unread_counts with the marker at the oldest: it counts every row after it
     # catch-up
     catchup_events: int = 10_000
     catchup_senders: int = 20
@@ -72,6 +76,9 @@ QUICK = replace(
     history_small=300,
     history_large=20_000,
     history_requests=40,
+    sql_messages=20_000,
+    sql_calls=40,
+    sql_far_calls=10,
     catchup_events=1000,
     catchup_senders=5,
     catchup_repeats=1,

@@ -96,6 +96,40 @@ def _cores(figures: dict[str, Any]) -> str:
     return " + ".join(parts) + f" / {figures.get('clients_cpu_cores', 0.0):.2f}"
 
 
+SQL_KINDS = {
+    "latest": "latest page",
+    "before": "deep before",
+    "after": "after",
+    "quiet_latest": "quiet conversation's latest",
+    "unread_recent": "unread, 50 back",
+    "unread_far": "unread, all",
+    "unread_100": "unread of 100 conversations",
+    "latest_100": "latest of 100 conversations",
+    "find_sent": "find_sent, one key",
+}
+
+
+def _sql_markdown(sql: dict[str, Any]) -> str:
+    """The sql storage called directly: one row per database and call."""
+    header = (
+        f"\nThe sql storage called directly (ms, {sql['calls_per_figure']:,} calls each,"
+        f" unread all {sql['calls_unread_far']:,}; pages of {sql['page_size']}):\n\n"
+    )
+    rows = []
+    for name, label in (("postgresql", "PostgreSQL"), ("sqlite", "SQLite")):
+        f = sql.get(name) or {}
+        if "skipped" in f or "fill" not in f:
+            rows.append([label, f"skipped: {f.get('skipped', 'not measured')}", "", ""])
+            continue
+        fill = f"{f['all_messages']:,} in {f['fill']['seconds']:,.0f} s ({f['fill']['per_s']:,}/s)"
+        rows.append([label, f"{f['messages']:,} messages", "filled", fill])
+        for kind, what in SQL_KINDS.items():
+            counted = f" ({f['unread_far_counts']:,} unread)" if kind == "unread_far" else ""
+            p50, p99, most = (f"{f[kind][k]:,.2f}" for k in ("p50_ms", "p99_ms", "max_ms"))
+            rows.append(["", what + counted, f"{p50} / {p99}", most])
+    return header + _markdown(["database", "call", "p50 / p99", "max"], rows)
+
+
 def details_markdown(results: dict[str, Any]) -> str:
     """Each scenario's figures in detail, as Markdown tables."""
     s = results.get("scenarios", {})
@@ -148,6 +182,9 @@ def details_markdown(results: dict[str, Any]) -> str:
                    ("latest", "before", "after")]
             )  # fmt: skip
         out.append(_markdown(["messages", "latest p50/p99/max", "deep before", "after"], rows))
+    sql = s.get("sql_history") or {}
+    if "sqlite" in sql:
+        out.append(_sql_markdown(sql))
     other: list[list[str]] = []
     idle = s.get("idle_connections") or {}
     if "connections" in idle:

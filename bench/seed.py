@@ -40,31 +40,40 @@ def _created_at(message_id: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def seeded_messages(
+    conversation_id: str, senders: list[str], ids: list[int], first: int = 0
+) -> list[StoredMessage]:
+    """A message for each id, as the server stores it (senders taking turns); ``first``
+    numbers the first one, which makes its ``client_msg_id`` (``seed-<conversation>-<number>``)."""
+    batch = []
+    for k, message_id in enumerate(ids):
+        number = first + k
+        sender = senders[number % len(senders)]
+        client_msg_id = f"seed-{conversation_id}-{number}"
+        message = {
+            "id": str(message_id),
+            "conversation_id": conversation_id,
+            "sender_id": sender,
+            "body": stamped_body(0.0),
+            "client_msg_id": client_msg_id,
+            "created_at": _created_at(message_id),
+        }
+        json = orjson.dumps(message)
+        batch.append(StoredMessage(message_id, int(conversation_id), int(sender), client_msg_id, json))
+    return batch
+
+
 async def _seed(
     redis_port: int, conversation_id: str, senders: list[str], ids: list[int], first: int
 ) -> None:
-    """Append a message for each id (senders taking turns); ``first`` numbers the first one."""
+    """Append a message for each id in batches of ``BATCH``; ``first`` numbers the first one."""
     settings = PluginSettings("redis", {"url": f"redis://127.0.0.1:{redis_port}/0"}, {})
     storage = RedisStorage(settings)
     await storage.start(SimpleNamespace(data_dir="."))
     try:
         for start in range(0, len(ids), BATCH):
-            batch = []
-            for k in range(start, min(start + BATCH, len(ids))):
-                number = first + k
-                sender = senders[number % len(senders)]
-                client_msg_id = f"seed-{conversation_id}-{number}"
-                message = {
-                    "id": str(ids[k]),
-                    "conversation_id": conversation_id,
-                    "sender_id": sender,
-                    "body": stamped_body(0.0),
-                    "client_msg_id": client_msg_id,
-                    "created_at": _created_at(ids[k]),
-                }
-                json = orjson.dumps(message)
-                batch.append(StoredMessage(ids[k], int(conversation_id), int(sender), client_msg_id, json))
-            await storage.append(batch)
+            part = ids[start : start + BATCH]
+            await storage.append(seeded_messages(conversation_id, senders, part, first + start))
     finally:
         await storage.close()
 

@@ -1,6 +1,7 @@
 """Kibitz: a self-hosted chat appliance. The public names plugins import."""
 
 from .app_protocol import App
+from .commands import Command
 from .errors import ConfigError, CursorExpired, InvalidRequest, NotFound, Rejected, Unavailable
 from .hookspecs import PLUGIN_API, hookimpl
 from .ids import EPOCH_MS, TIME_SHIFT, IdsUnavailable, first_id_of
@@ -8,6 +9,7 @@ from .leases import Lease, Leases, LeaseUnavailable
 from .logs import redact_url
 from .models import Conversation, Device, Draft, LogEntry, Message, PushSubscription, User
 from .outbound import Outbound, check_url, retry_pause, retryable
+from .plugin_settings import Duration, Size
 from .push import Push
 from .settings import PluginSettings, Settings
 from .slots import (
@@ -32,11 +34,13 @@ __all__ = [
     "App",
     "BackupRecords",
     "ChildProcess",
+    "Command",
     "ConfigError",
     "Conversation",
     "CursorExpired",
     "Device",
     "Draft",
+    "Duration",
     "Finding",
     "IdGenerator",
     "IdsUnavailable",
@@ -57,6 +61,7 @@ __all__ = [
     "PushSubscription",
     "Rejected",
     "Settings",
+    "Size",
     "Storage",
     "StoredMessage",
     "Tasks",

@@ -25,6 +25,7 @@ from .accounts import Accounts
 from .admin import Admin, AdminSocket
 from .app_protocol import App
 from .clients import Clients
+from .commands import gather_commands
 from .conversations import Conversations
 from .cursors import Cursors, load_cursor_key
 from .database import create_engine, migrate
@@ -37,7 +38,7 @@ from .messages import Messages, StorageFollower
 from .metrics import Metrics
 from .models import Conversation, User
 from .notifications import NotificationFollower
-from .plugin_manager import call_each, create_plugin_manager, fill_slot
+from .plugin_manager import Hooks, create_plugin_manager, fill_slot
 from .presence import Presence
 from .progress import ProgressDisplay
 from .push import Push
@@ -79,6 +80,9 @@ class Kibitz:
             fill_slot(self.pm, "notifier", n, settings) for n in settings.notify
         ]
         self.metrics = Metrics()
+        self.hooks = Hooks(
+            self.pm, self.metrics, settings.plugin_timeout, settings.pre_send_failure == "closed"
+        )
         self.tasks = Tasks()  # background work of every part; shutdown waits for it
         self.disk = DiskWatch(self.data_dir, settings.disk_reserve, self.metrics)
         self.engine = create_engine(settings.sqlalchemy_url)
@@ -92,7 +96,13 @@ class Kibitz:
         self.follower = StorageFollower(self.transport, self.storage)
         self.retention = HistoryRetention(self.storage, self.ids, settings.history_retention)
         self.messages = Messages(
-            self, self.pm, self.transport, self.storage, self.ids, settings.max_message_chars, self.follower
+            self,
+            self.hooks,
+            self.transport,
+            self.storage,
+            self.ids,
+            settings.max_message_chars,
+            self.follower,
         )
         self.rate_limits = RateLimits(settings.rate_limits)
         self.clients = Clients(
@@ -100,6 +110,7 @@ class Kibitz:
         )
         self.admin = Admin(self)  # the operator's actions (kibitz user ..., kibitz invite ...)
         self.admin_socket = AdminSocket(self.admin, self.data_dir)
+        self.commands = gather_commands(self.pm, self)
         self.cursors = Cursors(b"")
         self.ready = False
         self.stopping = asyncio.Event()
@@ -125,7 +136,7 @@ class Kibitz:
         except Exception as e:
             await self.stop()
             raise StartupError(f"{self._starting}: {type(e).__name__}: {e}") from e
-        await call_each(self.pm, "startup", app=self)
+        await self.hooks.call_each("startup", app=self)
         self.ready = True
         log.info("ready", extra={"url": self.settings.url, "instance": self.instance_id})
 
@@ -168,7 +179,7 @@ class Kibitz:
         await ws.close_all(self)
         await self.messages.drain()
         await self.tasks.wait()
-        await call_each(self.pm, "shutdown", app=self)
+        await self.hooks.call_each("shutdown", app=self)
 
     async def stop(self) -> None:
         await self.admin_socket.close()

@@ -7,11 +7,13 @@ core's ``kibitz.app.Kibitz`` implements it; nothing outside the core imports tha
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .commands import Command
 from .leases import Leases
 from .models import Conversation, User
 from .push import Push
@@ -50,6 +52,10 @@ class App(Protocol):
     @property
     def push(self) -> Push:
         """The devices' Web Push subscriptions and the server's VAPID key (notifiers)."""
+
+    @property
+    def commands(self) -> Mapping[str, Command]:
+        """Every plugin's slash commands by name (``register_commands``). Added in 0.2."""
 
     async def user(self, user_id: int) -> User:
         """The user with this id; ``NotFound`` if there is none."""

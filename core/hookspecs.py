@@ -13,13 +13,14 @@ broken extension never loses or blocks a message.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:
     from .app_protocol import App
+    from .commands import Command
     from .models import Conversation, Device, Draft, Message, User
     from .settings import PluginSettings
     from .slots import IdGenerator, Notifier, Storage, Transport
@@ -79,6 +80,17 @@ def register_routes(register: Callable[..., None], app: App) -> None:
     (async, returns a response); ``request.app.ctx.kibitz`` is the ``App`` services object.
     Paths must not collide with the core's or another plugin's: a duplicate stops
     start-up. Every implementation runs. Added in 0.1.
+    """
+
+
+@hookspec
+def register_commands(app: App) -> Iterable[Command] | None:
+    """Add slash commands: return ``kibitz.Command`` objects (``/me``, ``/shrug``, ``/poll``).
+
+    Called once while the application is built; the commands of every plugin are gathered
+    into ``app.commands``, and a name two plugins use stops start-up. They run when the
+    ``commands`` plugin is enabled: a message whose body starts with ``/name`` runs that
+    command before it is accepted (see ``Command``). Added in 0.2.
     """
 
 

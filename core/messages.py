@@ -19,12 +19,10 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import pluggy
-
 from .batching import Batcher
 from .errors import Forbidden, InvalidRequest, PayloadTooLarge, Rejected, Unavailable
 from .models import Conversation, Draft, LogEntry, Message, User, message_event, rfc3339
-from .plugin_manager import SendWrappers, call_each
+from .plugin_manager import Hooks, SendWrappers
 from .progress import Progress
 from .slots import IdGenerator, Storage, StoredMessage, Transport
 
@@ -44,7 +42,7 @@ class Messages:
     def __init__(
         self,
         kibitz: Kibitz,
-        pm: pluggy.PluginManager,
+        hooks: Hooks,
         transport: Transport,
         storage: Storage,
         ids: IdGenerator,
@@ -52,7 +50,7 @@ class Messages:
         follower: StorageFollower,
     ) -> None:
         self.kibitz = kibitz
-        self.pm = pm
+        self.hooks = hooks
         self.transport = transport
         self.storage = storage
         self.ids = ids
@@ -147,11 +145,9 @@ class Messages:
         self, sender: User, conversation: Conversation, body: str, client_msg_id: str, turn: Turn | None
     ) -> tuple[Message, bytes]:
         draft = Draft(conversation.id, sender.id, body, client_msg_id)
-        wrappers = SendWrappers()
+        wrappers = self.hooks.send_wrappers()
         try:
-            await wrappers.before(
-                self.pm, draft=draft, sender=sender, conversation=conversation, app=self.kibitz
-            )
+            await wrappers.before(draft=draft, sender=sender, conversation=conversation, app=self.kibitz)
         except Rejected as e:
             raise Forbidden(e.reason) from None
         try:
@@ -201,8 +197,8 @@ class Messages:
 
     async def _accepted(self, wrappers: SendWrappers, message: Message, conversation: Conversation) -> None:
         await wrappers.after(message)
-        await call_each(
-            self.pm, "message_accepted", message=message, conversation=conversation, app=self.kibitz
+        await self.hooks.call_each(
+            "message_accepted", message=message, conversation=conversation, app=self.kibitz
         )
 
     async def drain(self) -> None:

@@ -43,6 +43,12 @@ class Metrics:
             "1 while free space is under disk_reserve and new messages are refused",
             registry=self.registry,
         )
+        self.plugin_failures = Counter(
+            "kibitz_plugin_failures",
+            "Extension hook calls that raised or ran over their time budget, by plugin, hook and reason",
+            ["plugin", "hook", "reason"],
+            registry=self.registry,
+        )
         for kind in ("websocket", "longpoll"):
             self.connections.labels(kind)
 

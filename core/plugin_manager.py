@@ -7,6 +7,7 @@ extensions of ``KIBITZ_PLUGINS``.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import AsyncGenerator, Callable, Iterable
@@ -16,8 +17,9 @@ from typing import Any, cast
 import pluggy
 
 from . import hookspecs
-from .errors import ConfigError, Rejected
-from .settings import Settings
+from .errors import ConfigError, Rejected, Unavailable
+from .metrics import Metrics
+from .settings import PluginSettings, Settings
 
 log = logging.getLogger("kibitz.plugins")
 
@@ -40,9 +42,21 @@ def installed_plugins() -> dict[str, tuple[str, str, list[str]]]:
         except Exception as e:
             found[ep.name] = (ep.value, package, [f"fails to load: {type(e).__name__}: {e}"])
             continue
-        hooks = [name for name in dir(module) if hasattr(getattr(module, name), "kibitz_impl")]
+        hooks = sorted(
+            {name for owner in _hook_owners(module) for name in dir(owner) if _is_hook(owner, name)}
+        )
         found[ep.name] = (ep.value, package, hooks)
     return found
+
+
+def _hook_owners(module: Any) -> list[Any]:
+    """The module, and the classes it defines (what ``create_plugin`` makes is one)."""
+    classes = [v for v in vars(module).values() if inspect.isclass(v) and v.__module__ == module.__name__]
+    return [module, *classes]
+
+
+def _is_hook(owner: Any, name: str) -> bool:
+    return hasattr(getattr(owner, name, None), "kibitz_impl")
 
 
 def create_plugin_manager(settings: Settings, extra: Iterable[object] = ()) -> pluggy.PluginManager:
@@ -66,10 +80,35 @@ def create_plugin_manager(settings: Settings, extra: Iterable[object] = ()) -> p
         except Exception as e:
             raise ConfigError(f"plugin {name!r} failed to load: {type(e).__name__}: {e}") from None
         _check_api(name, getattr(module, "PLUGIN_API", hookspecs.PLUGIN_API))
-        pm.register(module, name=name)
+        pm.register(_configured(module, name, settings), name=name)
     for plugin in reversed(list(extra)):
         pm.register(plugin)
     return pm
+
+
+def _configured(module: Any, name: str, settings: Settings) -> object:
+    """What an extension plugin registers: the object its ``create_plugin(settings)`` makes
+    from its ``[name]`` table (checked there: a bad value raises ``ConfigError``), else the
+    module itself."""
+    factory = getattr(module, "create_plugin", None)
+    if factory is None or name not in settings.plugins:
+        return module
+    plugin_settings = settings.plugin(name)
+    try:
+        plugin: object = factory(plugin_settings)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"plugin {name!r}: {type(e).__name__}: {e}") from None
+    _refuse_unknown(plugin_settings, name)
+    return plugin
+
+
+def _refuse_unknown(plugin_settings: PluginSettings, name: str) -> None:
+    unknown = plugin_settings.unknown()
+    if unknown:
+        hint = plugin_settings.hint(unknown[0])
+        raise ConfigError(f"{unknown[0]}: the {name} plugin has no such setting{hint}")
 
 
 def _check_api(name: str, wanted: str) -> None:
@@ -111,49 +150,75 @@ def fill_slot(pm: pluggy.PluginManager, slot: str, name: str, settings: Settings
         raise ConfigError(
             f"{SLOT_VARIABLES[slot]}={name!r}: no installed plugin provides a {slot} by that name"
         )
-    unknown = plugin_settings.unknown()
-    if unknown:
-        hint = plugin_settings.hint(unknown[0])
-        raise ConfigError(f"{unknown[0]}: the {name} plugin has no such setting{hint}")
+    _refuse_unknown(plugin_settings, name)
     return found
 
 
-async def call_each(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
-    """Call every implementation of an extension hook, awaiting async ones; log and skip failures."""
-    caller = getattr(pm.hook, hook_name)
-    for impl in reversed(caller.get_hookimpls()):
-        try:
-            result = impl.function(*(kwargs[a] for a in impl.argnames))
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            log.exception("hook_failed", extra={"hook": hook_name, "plugin": impl.plugin_name})
+class Hooks:
+    """Calls the extension hooks of one instance, each implementation within ``budget``
+    seconds. One that raises or runs over is logged with its plugin's name, counted in
+    ``kibitz_plugin_failures_total`` and skipped, so it never loses or blocks a message;
+    only a pre-send check (``wrap_send``) that fails while ``fail_closed`` refuses it."""
+
+    def __init__(self, pm: pluggy.PluginManager, metrics: Metrics, budget: float, fail_closed: bool) -> None:
+        self.pm = pm
+        self.metrics = metrics
+        self.budget = budget
+        self.fail_closed = fail_closed
+
+    def failed(self, hook: str, plugin: str, timed_out: bool) -> None:
+        reason = "timeout" if timed_out else "error"
+        log.error(
+            "hook_failed", exc_info=not timed_out, extra={"hook": hook, "plugin": plugin, "reason": reason}
+        )
+        self.metrics.plugin_failures.labels(plugin, hook, reason).inc()
+
+    async def call_each(self, hook_name: str, **kwargs: Any) -> None:
+        """Call every implementation of an extension hook, awaiting async ones."""
+        caller = getattr(self.pm.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):
+            try:
+                async with asyncio.timeout(self.budget):
+                    result = impl.function(*(kwargs[a] for a in impl.argnames))
+                    if inspect.isawaitable(result):
+                        await result
+            except Exception as e:
+                self.failed(hook_name, impl.plugin_name, isinstance(e, TimeoutError))
+
+    def send_wrappers(self) -> SendWrappers:
+        return SendWrappers(self)
 
 
 class SendWrappers:
     """The ``wrap_send`` generators of one send: run their first half, then their second."""
 
-    def __init__(self) -> None:
+    def __init__(self, hooks: Hooks) -> None:
+        self.hooks = hooks
         self._running: list[tuple[str, AsyncGenerator[None, Any]]] = []
 
-    async def before(self, pm: pluggy.PluginManager, **kwargs: Any) -> None:
-        """Run each wrapper up to its ``yield``. ``Rejected`` propagates; other errors skip it."""
-        for impl in reversed(pm.hook.wrap_send.get_hookimpls()):
+    async def before(self, **kwargs: Any) -> None:
+        """Run each wrapper up to its ``yield``. ``Rejected`` propagates; another failure
+        skips the wrapper, or with ``fail_closed`` refuses the message (``Unavailable``)."""
+        for impl in reversed(self.hooks.pm.hook.wrap_send.get_hookimpls()):
             try:
-                # What wrap_send's spec says an implementation returns (pluggy types it object).
-                factory = cast(
-                    "Callable[[], AsyncGenerator[None, Any]] | None",
-                    impl.function(*(kwargs[a] for a in impl.argnames)),
-                )
-                if factory is None:
-                    continue
-                gen = factory()
-                await gen.asend(None)
+                async with asyncio.timeout(self.hooks.budget):
+                    # What wrap_send's spec says an implementation returns (pluggy types it object).
+                    factory = cast(
+                        "Callable[[], AsyncGenerator[None, Any]] | None",
+                        impl.function(*(kwargs[a] for a in impl.argnames)),
+                    )
+                    if factory is None:
+                        continue
+                    gen = factory()
+                    await gen.asend(None)
             except Rejected:
                 await self.abort()
                 raise
-            except (Exception, StopAsyncIteration):
-                log.exception("hook_failed", extra={"hook": "wrap_send", "plugin": impl.plugin_name})
+            except (Exception, StopAsyncIteration) as e:
+                self.hooks.failed("wrap_send", impl.plugin_name, isinstance(e, TimeoutError))
+                if self.hooks.fail_closed:
+                    await self.abort()
+                    raise Unavailable(f"the {impl.plugin_name} plugin could not check the message") from None
                 continue
             self._running.append((impl.plugin_name, gen))
 
@@ -161,24 +226,24 @@ class SendWrappers:
         """Send the accepted message into each wrapper's ``yield`` and let it finish."""
         for plugin_name, gen in reversed(self._running):
             try:
-                await gen.asend(message)
+                async with asyncio.timeout(self.hooks.budget):
+                    await gen.asend(message)
             except StopAsyncIteration:
                 continue
-            except Exception:
-                log.exception("hook_failed", extra={"hook": "wrap_send", "plugin": plugin_name})
+            except Exception as e:
+                self.hooks.failed("wrap_send", plugin_name, isinstance(e, TimeoutError))
                 continue
-            await _close(plugin_name, gen)  # it yielded twice: close it
+            await self._close(plugin_name, gen)  # it yielded twice: close it
         self._running.clear()
 
     async def abort(self) -> None:
         """Close wrappers already entered when the message is not accepted."""
         for plugin_name, gen in self._running:
-            await _close(plugin_name, gen)
+            await self._close(plugin_name, gen)
         self._running.clear()
 
-
-async def _close(plugin_name: str, gen: AsyncGenerator[None, Any]) -> None:
-    try:
-        await gen.aclose()
-    except Exception:
-        log.exception("hook_failed", extra={"hook": "wrap_send", "plugin": plugin_name})
+    async def _close(self, plugin_name: str, gen: AsyncGenerator[None, Any]) -> None:
+        try:
+            await gen.aclose()
+        except Exception:
+            self.hooks.failed("wrap_send", plugin_name, False)

@@ -20,12 +20,18 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import ConfigError
 
+if TYPE_CHECKING:
+    import msgspec
+
+    S = TypeVar("S", bound=msgspec.Struct)
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 REGISTRATION_MODES = ("open", "invite", "closed")
+PRE_SEND_FAILURES = ("open", "closed")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Async drivers for the database URLs operators write without one.
 ASYNC_DRIVERS = {
@@ -92,7 +98,14 @@ class PluginSettings(Mapping[str, Any]):
         return parse_duration(self.source(key), self.get(key, default))
 
     def size(self, key: str, default: int | str) -> int:
-        return _size(self.source(key), self.get(key, default))
+        return parse_size(self.source(key), self.get(key, default))
+
+    def parse(self, schema: type[S]) -> S:
+        """These settings as an instance of ``schema``, the ``msgspec.Struct`` the plugin
+        declares (see ``kibitz.plugin_settings``); ``ConfigError`` names a bad value."""
+        from .plugin_settings import parse
+
+        return parse(self, schema)
 
 
 @dataclass(frozen=True)
@@ -118,6 +131,8 @@ class Settings:
     max_message_chars: int = 4000
     max_frame_bytes: int = 65536
     ping_interval: float = 30.0
+    plugin_timeout: float = 5.0  # seconds an extension hook may take before it is skipped
+    pre_send_failure: str = "open"  # a wrap_send that fails: "open" lets the message pass
     log_level: str = "INFO"
     tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     environ: Mapping[str, str] = field(default_factory=dict)
@@ -203,14 +218,22 @@ def load_settings(config: str | None = None, environ: Mapping[str, str] | None =
     if registration not in REGISTRATION_MODES:
         raise ConfigError(f"{source}={registration!r}: must be one of {', '.join(REGISTRATION_MODES)}")
     values["registration"] = registration
-    values["rate_limits"] = _switch(*get("rate_limits", "on"))
-    values["push_allow_insecure"] = _switch(*get("push_allow_insecure", "off"))
-    values["push_preview"] = _switch(*get("push_preview", "on"))
+    source, failure = get("pre_send_failure", d.pre_send_failure)
+    if failure not in PRE_SEND_FAILURES:
+        raise ConfigError(f"{source}={failure!r}: must be one of {', '.join(PRE_SEND_FAILURES)}")
+    values["pre_send_failure"] = failure
+    source, timeout = get("plugin_timeout", d.plugin_timeout)
+    values["plugin_timeout"] = parse_duration(source, timeout)
+    if values["plugin_timeout"] <= 0:
+        raise ConfigError(f"{source}={timeout!r}: must be above 0")
+    values["rate_limits"] = parse_switch(*get("rate_limits", "on"))
+    values["push_allow_insecure"] = parse_switch(*get("push_allow_insecure", "off"))
+    values["push_preview"] = parse_switch(*get("push_preview", "on"))
     values["max_connections_per_address"] = _integer(
         *get("max_connections_per_address", d.max_connections_per_address), 1
     )
     values["trusted_proxies"] = _networks(*get("trusted_proxies", ""))
-    values["disk_reserve"] = _size(*get("disk_reserve", "512MB"))
+    values["disk_reserve"] = parse_size(*get("disk_reserve", "512MB"))
     history = get("history_retention", "forever")
     values["history_retention"] = 0.0 if str(history[1]).strip() == "forever" else parse_duration(*history)
     if values["public_url"] and not values["public_url"].startswith(("http://", "https://")):
@@ -265,7 +288,7 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(n.strip() for n in items if str(n).strip())
 
 
-def _switch(source: str, value: Any) -> bool:
+def parse_switch(source: str, value: Any) -> bool:
     """``on``/``off`` (or ``true``/``false``, ``1``/``0``, a TOML boolean) as a bool."""
     text = str(value).lower()
     if text not in ("on", "off", "true", "false", "1", "0"):
@@ -282,6 +305,8 @@ def _networks(source: str, value: Any) -> tuple[IPNetwork, ...]:
 
 
 def _integer(source: str, value: Any, minimum: int = 0, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"{source}={value!r}: not an integer")  # TOML's true or 300.5
     try:
         number = int(value)
     except (TypeError, ValueError):
@@ -309,7 +334,7 @@ def parse_duration(source: str, value: Any) -> float:
     return seconds
 
 
-def _size(source: str, value: Any) -> int:
+def parse_size(source: str, value: Any) -> int:
     """``1048576``, ``"512MB"`` or ``"10GB"`` as bytes."""
     text = str(value).strip().lower()
     digits = text.rstrip("kmgb")

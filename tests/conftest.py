@@ -1,11 +1,12 @@
-"""Shared fixtures: one real NATS JetStream and one real Redis per test session, on free ports."""
+"""Shared fixtures: one real NATS JetStream and one real Redis per test session, on free
+ports, a session server per stack, and the markers of the fast tier."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -14,51 +15,96 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kibitz.database import create_engine, leases, migrate
 from kibitz.supervisor import ChildProcess
+from kibitz.testing import InProcessServer, running_server
 
 from .kibitz_client import Client, Server, make_server, nats_child, redis_child
 
 
+class SessionServices:
+    """The session's NATS JetStream and Redis, each started the first time a test needs it
+    (the fast tier needs neither), stopped at the end of the session."""
+
+    def __init__(self, folders: pytest.TempPathFactory) -> None:
+        self.folders = folders
+        self.children: dict[str, ChildProcess] = {}
+
+    async def url(self, kind: str) -> str:
+        if kind not in self.children:
+            folder = self.folders.mktemp(kind)
+            child = nats_child(folder) if kind == "nats" else redis_child(folder)
+            await child.start()
+            self.children[kind] = child
+        port = self.children[kind].port
+        return f"nats://127.0.0.1:{port}" if kind == "nats" else f"redis://127.0.0.1:{port}/0"
+
+    async def stop(self) -> None:
+        for child in self.children.values():
+            await child.stop()
+
+
 @pytest.fixture(scope="session")
-async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ChildProcess]:
+async def session_services(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SessionServices]:
+    services = SessionServices(tmp_path_factory)
+    yield services
+    await services.stop()
+
+
+@pytest.fixture(scope="session")
+async def nats_url(session_services: SessionServices) -> str:
     """The session's nats-server."""
-    child = nats_child(tmp_path_factory.mktemp("nats"))
-    await child.start()
-    yield child
-    await child.stop()
+    return await session_services.url("nats")
 
 
 @pytest.fixture(scope="session")
-def nats_url(nats_server: ChildProcess) -> str:
-    return f"nats://127.0.0.1:{nats_server.port}"
-
-
-@pytest.fixture(scope="session")
-async def redis_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ChildProcess]:
+async def redis_url(session_services: SessionServices) -> str:
     """The session's redis-server."""
-    child = redis_child(tmp_path_factory.mktemp("redis"))
-    await child.start()
-    yield child
-    await child.stop()
+    return await session_services.url("redis")
 
 
 @pytest.fixture(scope="session")
-def redis_url(redis_server: ChildProcess) -> str:
-    return f"redis://127.0.0.1:{redis_server.port}/0"
+async def postgres_url() -> AsyncIterator[str]:
+    """A PostgreSQL database of the session's own, made on the server that
+    KIBITZ_TEST_DATABASE_URL names: never the named database itself, which other checkouts
+    (of other schema versions) share."""
+    base = os.environ.get("KIBITZ_TEST_DATABASE_URL")
+    if not base:
+        pytest.skip("KIBITZ_TEST_DATABASE_URL is not set")
+    async with fresh_postgres_database(base) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """SQLite in a temp folder, and PostgreSQL when KIBITZ_TEST_DATABASE_URL names one."""
+    """SQLite in a temp folder, and the session's PostgreSQL database when there is a server."""
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'kibitz.sqlite3'}"
-    url = os.environ.get("KIBITZ_TEST_DATABASE_URL")
-    if not url:
-        pytest.skip("KIBITZ_TEST_DATABASE_URL is not set")
+    url: str = request.getfixturevalue("postgres_url")
     return url
 
 
+# What the fast tier (``pytest -m "not services"``) leaves out: tests that need NATS, Redis,
+# PostgreSQL or a process of their own. Those using the session's services are found here
+# by their fixtures and parameters; modules that start processes themselves say so.
+SERVICE_FIXTURES = {"nats_url", "redis_url", "short_retention"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by the markers added here
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        params = getattr(item, "callspec", None)
+        values = params.params if params is not None else {}
+        if (
+            SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+            or values.get("stack", "memory") != "memory"
+            or "postgresql" in values.values()
+        ):
+            item.add_marker(pytest.mark.services)
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "relational: run the module's tests on SQLite and on PostgreSQL")
+    config.addinivalue_line(
+        "markers", "services: needs NATS, Redis, PostgreSQL or a process of its own (not the fast tier)"
+    )
     config.addinivalue_line(
         "markers", "protocol: run the module's tests on every supported stack (default, sql, memory)"
     )
@@ -68,25 +114,20 @@ def pytest_configure(config: pytest.Config) -> None:
 # The stacks the session server runs on: (transport, storage, database).
 STACKS = {
     "default": ("nats", "redis", "sqlite"),  # the appliance: the session's NATS and Redis
-    "postgresql": ("nats", "redis", "postgresql"),  # relational state on PostgreSQL
     "sql": ("sql", "sql", "postgresql"),  # PostgreSQL alone: no NATS, no Redis
     "memory": ("memory", "memory", "sqlite"),  # one process, nothing else
 }
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Tests that use the session server run on the default stack; those marked
-    ``relational`` on PostgreSQL too, and those marked ``protocol`` on every stack (the sql
-    one has its relational state on PostgreSQL as well).
+    """Tests that use the session server run on the default stack, and those marked
+    ``protocol`` on every stack (the sql one keeps the relational state on PostgreSQL).
 
     Every such test is parametrized the same way, so all of them share one server per stack.
     """
     if "stack" in metafunc.fixturenames:
-        stacks = ["default"]
-        if metafunc.definition.get_closest_marker("protocol"):
-            stacks += ["sql", "memory"]
-        elif metafunc.definition.get_closest_marker("relational"):
-            stacks += ["postgresql"]
+        protocol = metafunc.definition.get_closest_marker("protocol")
+        stacks = ["default", "sql", "memory"] if protocol else ["default"]
         metafunc.parametrize("stack", stacks, indirect=True, scope="session")
 
 
@@ -143,22 +184,29 @@ async def kind(engine: AsyncEngine) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-def server(
-    stack: dict[str, str], nats_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    """A real ``kibitz serve`` for the session on one stack, with the example plugin enabled.
+async def server(
+    stack: dict[str, str], session_services: SessionServices, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Server | InProcessServer]:
+    """A real server for the session on one stack, with the example plugin enabled.
 
-    The default stack uses the session's NATS and Redis; the PostgreSQL one runs embedded
-    NATS and Redis of its own, so the two never share a log.
+    On the memory stack it runs in this process (the fast tier); on the others it is a
+    ``kibitz serve`` child process. The default stack uses the session's NATS and Redis.
     """
-    data = tmp_path_factory.mktemp("kibitz") / "data"
+    folder = tmp_path_factory.mktemp("kibitz")
     env = stack | {"KIBITZ_PLUGINS": "example"}
+    if stack["KIBITZ_TRANSPORT"] == "memory":
+        async with running_server(folder, env | {"KIBITZ_RATE_LIMITS": "on"}) as in_process:
+            yield in_process
+        return
     if stack == {"KIBITZ_TRANSPORT": "nats", "KIBITZ_STORAGE": "redis"}:
-        env |= {"KIBITZ_NATS_URL": nats_url, "KIBITZ_REDIS_URL": redis_url}
-    server = make_server(data, **env)
-    server.start()
+        env |= {
+            "KIBITZ_NATS_URL": await session_services.url("nats"),
+            "KIBITZ_REDIS_URL": await session_services.url("redis"),
+        }
+    server = make_server(folder / "data", **env)
+    await asyncio.to_thread(server.start)
     yield server
-    server.stop()
+    await asyncio.to_thread(server.stop)
 
 
 @pytest.fixture(scope="session")
@@ -171,7 +219,7 @@ async def short_retention(tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
 
 
 @pytest.fixture
-async def client(server: Server) -> AsyncIterator[Client]:
+async def client(server: Server | InProcessServer) -> AsyncIterator[Client]:
     client = Client(server)
     yield client
     await client.close()

@@ -23,8 +23,9 @@ from websockets.exceptions import ConnectionClosed
 
 from .kibitz_client import PASSWORD, Client, Server, Socket, assert_error, make_server
 
-# Accounts are relational state: these tests run on SQLite and on PostgreSQL.
-pytestmark = pytest.mark.relational
+# The client contract: these tests run on every supported stack (default, sql, memory); the
+# sql one keeps accounts on PostgreSQL.
+pytestmark = pytest.mark.protocol
 
 ALLOWED = string.ascii_lowercase + string.digits + "_.-"
 
@@ -418,6 +419,7 @@ async def closed_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
     await asyncio.to_thread(server.stop)
 
 
+@pytest.mark.services
 async def test_closed_registration_answers_403(closed_server: Server) -> None:
     async with httpx.AsyncClient(base_url=closed_server.api, timeout=30) as http:
         r = await http.post("/accounts", json={"username": fresh(), "password": PASSWORD})

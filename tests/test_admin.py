@@ -17,6 +17,9 @@ from .kibitz_client import KIBITZ, PASSWORD, Client, Server, Socket, assert_erro
 
 NEW_PASSWORD = "a brand new passphrase"
 
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
+
 
 def kibitz(server: Server, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     """Run ``kibitz ARGS`` with the server's settings; fails the test unless it exits 0."""

@@ -25,6 +25,9 @@ from .push_service import PushService
 # Tables compared row for row; leases are run-time state (holders, expiries) and differ.
 TABLES = ("users", "devices", "conversations", "members", "secrets", "push_subscriptions", "invitations")
 
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
+
 
 def kibitz(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
     done = subprocess.run([KIBITZ, *args], env=server.env, capture_output=True, text=True, timeout=300)

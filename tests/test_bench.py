@@ -1,10 +1,14 @@
 """Smoke test of the benchmark suite: ``python -m bench --quick`` runs every scenario and
-writes figures for each (no timing is asserted: the figures depend on the machine)."""
+writes figures for each (no timing is asserted: the figures depend on the machine).
+
+``sql_history`` measures PostgreSQL only where ``KIBITZ_TEST_DATABASE_URL`` names a server
+(in a fresh database of its own, dropped after), and SQLite always."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +16,25 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["one_to_one", "group_fanout", "long_poll", "catch_up", "idle_connections", "history", "startup"]
+SCENARIOS = [
+    "one_to_one",
+    "group_fanout",
+    "long_poll",
+    "catch_up",
+    "idle_connections",
+    "history",
+    "sql_history",
+    "startup",
+]
+
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
 
 
 @pytest.mark.timeout(300)
 def test_quick_run_measures_every_scenario(tmp_path: Path) -> None:
     out = tmp_path / "bench"
+    postgres = os.environ.get("KIBITZ_TEST_DATABASE_URL", "")
     run = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
         cwd=ROOT,
@@ -25,6 +42,7 @@ def test_quick_run_measures_every_scenario(tmp_path: Path) -> None:
         text=True,
         timeout=280,
         check=False,
+        env=os.environ | {"KIBITZ_BENCH_DATABASE_URL": postgres},
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     results = json.loads((out / "results.json").read_text())
@@ -50,6 +68,16 @@ def test_quick_run_measures_every_scenario(tmp_path: Path) -> None:
     for size in ("small", "large"):
         for kind in ("latest", "before", "after"):
             assert scenarios["history"][size][kind]["p99_ms"] is not None
+    sql = scenarios["sql_history"]
+    databases = ["sqlite", "postgresql"] if postgres else ["sqlite"]
+    for database in databases:
+        assert sql[database]["messages"] == results["sizes"]["sql_messages"]
+        for kind in ("latest", "before", "after", "unread_far", "latest_100", "find_sent"):
+            assert sql[database][kind]["p99_ms"] is not None
+    if postgres:
+        assert sql["postgresql"]["page_index"] == "ix_sql_messages_conversation_id"
+    else:
+        assert "skipped" in sql["postgresql"]
     catch = scenarios["catch_up"]
     assert all(r["events"] >= catch["events"] for r in catch["sync_then_ws"])
     assert all(r["events"] >= catch["events"] for r in catch["ws_replay"])

@@ -76,6 +76,7 @@ def _why_not() -> str | None:
 
 
 pytestmark = [
+    pytest.mark.services,
     pytest.mark.container,
     pytest.mark.skipif(_why_not() is not None, reason=_why_not() or ""),
 ]

@@ -7,15 +7,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kibitz.database import metadata
-
-pytestmark = pytest.mark.relational
 
 
 def _differences(connection: sa.Connection) -> list[Any]:

@@ -21,6 +21,9 @@ from .kibitz_client import Socket, assert_error, serving
 SIZE_MB = 128
 RESERVE_MB = 32
 
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
+
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:

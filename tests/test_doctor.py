@@ -14,6 +14,9 @@ from kibitz.supervisor import ChildProcess, find_binary, free_port
 
 from .kibitz_client import KIBITZ, Server, make_server
 
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
+
 
 def doctor(server: Server, **env: str) -> tuple[int, str]:
     done = subprocess.run(

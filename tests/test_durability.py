@@ -20,6 +20,9 @@ from kibitz.testing import wait_until
 
 from .kibitz_client import Client, Session, Socket, make_server, nats_child, redis_child
 
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
+
 
 @pytest.fixture
 async def own_nats(tmp_path: Path) -> AsyncIterator[ChildProcess]:

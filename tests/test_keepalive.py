@@ -20,6 +20,9 @@ from websockets.uri import parse_uri
 
 from .kibitz_client import Client, Server, make_server
 
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
+
 
 @pytest.fixture(scope="module")
 def pinging(nats_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:

@@ -15,6 +15,9 @@ from kibitz.testing import wait_until
 
 from .kibitz_client import Client, Server, Socket, make_server
 
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
+
 
 def children(server: Server) -> dict[str, int]:
     """The server's child processes, by program name."""

@@ -57,6 +57,9 @@ PROTOCOL_API_CALLS = {
 PROTOCOL_OPERATOR_CALLS = {("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics")}
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
+
 
 @pytest.fixture
 async def root(server: Server) -> AsyncIterator[httpx.AsyncClient]:

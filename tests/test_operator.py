@@ -9,12 +9,16 @@ import subprocess
 from pathlib import Path
 
 import orjson
+import pytest
 
 from kibitz.supervisor import free_port
 
 from .kibitz_client import KIBITZ, Client, Server, make_server
 from .test_lifecycle import children, gone
 from .test_plugins import clean_environ
+
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

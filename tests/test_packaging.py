@@ -36,6 +36,9 @@ PLUGIN_HOOKS = {
 # example ("#[webhook]", "#url = ..."), with a sample value for each of these.
 REQUIRED = {"webhook": {"url", "secret"}}
 
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
+
 
 class AskedSettings(PluginSettings):
     """A plugin's settings that remember which keys the plugin asked for."""

@@ -18,7 +18,9 @@ import pluggy
 import pytest
 
 from kibitz import Draft, Message, Rejected, hookimpl
-from kibitz.plugin_manager import SendWrappers, call_each, create_plugin_manager
+from kibitz.errors import Unavailable
+from kibitz.metrics import Metrics
+from kibitz.plugin_manager import Hooks, create_plugin_manager
 from kibitz.settings import load_settings
 from kibitz.supervisor import free_port
 
@@ -42,6 +44,9 @@ BAD_CONFIGURATION = [
     ("KIBITZ_NATS_RETENTION_AGE", "soon"),
     ("KIBITZ_REDIS_URL", "http://x"),
 ]
+
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
 
 
 def clean_environ(tmp_path: Path) -> dict[str, str]:
@@ -177,6 +182,10 @@ def plugin_manager(*plugins: object) -> pluggy.PluginManager:
     return create_plugin_manager(load_settings(environ={}), extra=list(plugins))
 
 
+def hooks(pm: pluggy.PluginManager, fail_closed: bool = False, budget: float = 5.0) -> Hooks:
+    return Hooks(pm, Metrics(), budget, fail_closed)
+
+
 def draft(body: str = "hello") -> Draft:
     return Draft(1, 2, body, uuid.uuid4().hex)
 
@@ -231,12 +240,12 @@ async def test_call_each_isolates_a_raising_hook() -> None:
             raise ValueError("async boom")
 
     pm = plugin_manager(SyncBroken(), wrapper_plugin(recorder, "good"), AsyncBroken())
-    await call_each(pm, "message_accepted", message=message("m"), conversation=None, app=None)
+    await hooks(pm).call_each("message_accepted", message=message("m"), conversation=None, app=None)
     assert recorder.seen == [("good", "accepted", "m")]
     # and in the other order too
     recorder.seen.clear()
     pm = plugin_manager(AsyncBroken(), SyncBroken(), wrapper_plugin(recorder, "good"))
-    await call_each(pm, "message_accepted", message=message("n"), conversation=None, app=None)
+    await hooks(pm).call_each("message_accepted", message=message("n"), conversation=None, app=None)
     assert recorder.seen == [("good", "accepted", "n")]
 
 
@@ -296,14 +305,14 @@ async def test_send_wrappers_isolate_a_raising_wrapper(position: str) -> None:
     broken = broken_wrappers()
     plugins = [*broken, *good] if position == "first" else [*good, *broken]
     pm = plugin_manager(*plugins)
-    wrappers = SendWrappers()
+    wrappers = hooks(pm).send_wrappers()
     d = draft("hi")
-    await wrappers.before(pm, draft=d, sender=None, conversation=None, app=None)
+    await wrappers.before(draft=d, sender=None, conversation=None, app=None)
     await wrappers.after(message(d.body))
     assert sorted(recorder.seen) == sorted(
         [("a", "before", "hi"), ("b", "before", "hi"), ("a", "after", "hi"), ("b", "after", "hi")]
     )
-    await call_each(pm, "message_accepted", message=message(d.body), conversation=None, app=None)
+    await hooks(pm).call_each("message_accepted", message=message(d.body), conversation=None, app=None)
     assert ("a", "accepted", "hi") in recorder.seen and ("b", "accepted", "hi") in recorder.seen
 
 
@@ -331,9 +340,9 @@ async def test_a_deliberate_rejection_still_rejects_and_closes_entered_wrappers(
             return wrapper
 
     pm = plugin_manager(Entered(), *broken_wrappers(), Refuses())
-    wrappers = SendWrappers()
+    wrappers = hooks(pm).send_wrappers()
     with pytest.raises(Rejected) as refused:
-        await wrappers.before(pm, draft=draft(), sender=None, conversation=None, app=None)
+        await wrappers.before(draft=draft(), sender=None, conversation=None, app=None)
     assert refused.value.reason == "no thanks"
     assert closed == ["entered"]
 
@@ -360,9 +369,9 @@ async def test_a_wrapper_failing_to_close_after_acceptance_is_isolated() -> None
         [wrapper_plugin(recorder, "good"), YieldsTwiceAndFailsToClose()],
     ):
         recorder.seen.clear()
-        wrappers = SendWrappers()
+        wrappers = hooks(plugin_manager(*plugins)).send_wrappers()
         d = draft("hi")
-        await wrappers.before(plugin_manager(*plugins), draft=d, sender=None, conversation=None, app=None)
+        await wrappers.before(draft=d, sender=None, conversation=None, app=None)
         await wrappers.after(message(d.body))
         assert recorder.seen == [("good", "before", "hi"), ("good", "after", "hi")]
 
@@ -391,9 +400,9 @@ async def test_a_wrapper_failing_to_close_does_not_turn_a_rejection_into_a_crash
             return wrapper
 
     pm = plugin_manager(CloseBoom(), Refuses())
-    wrappers = SendWrappers()
+    wrappers = hooks(pm).send_wrappers()
     with pytest.raises(Rejected):
-        await wrappers.before(pm, draft=draft(), sender=None, conversation=None, app=None)
+        await wrappers.before(draft=draft(), sender=None, conversation=None, app=None)
 
 
 async def test_wrappers_may_change_the_draft_in_order() -> None:
@@ -411,10 +420,85 @@ async def test_wrappers_may_change_the_draft_in_order() -> None:
 
     pm = plugin_manager(Append("1"), *broken_wrappers(), Append("2"))
     d = draft("x")
-    wrappers = SendWrappers()
-    await wrappers.before(pm, draft=d, sender=None, conversation=None, app=None)
+    wrappers = hooks(pm).send_wrappers()
+    await wrappers.before(draft=d, sender=None, conversation=None, app=None)
     await wrappers.after(message(d.body))
     assert d.body == "x12"
+
+
+def failures(hooks: Hooks) -> dict[tuple[str, str, str], float]:
+    """``kibitz_plugin_failures_total`` by (plugin, hook, reason), as /metrics shows it."""
+    counted = {}
+    for metric in hooks.metrics.plugin_failures.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                labels = sample.labels
+                counted[labels["plugin"], labels["hook"], labels["reason"]] = sample.value
+    return counted
+
+
+class Hangs:
+    """Every hook of it waits for something that never happens."""
+
+    @hookimpl
+    def wrap_send(self, draft: Draft) -> Any:
+        async def wrapper() -> AsyncGenerator[None, Message]:
+            await asyncio.Event().wait()
+            yield
+
+        return wrapper
+
+    @hookimpl
+    async def message_accepted(self, message: Message) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_hook_over_its_budget_is_skipped_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    recorder = Recorder()
+    pm = plugin_manager(Hangs(), wrapper_plugin(recorder, "good"))
+    calls = hooks(pm, budget=0.05)
+    wrappers = calls.send_wrappers()
+    d = draft("hi")
+    await wrappers.before(draft=d, sender=None, conversation=None, app=None)
+    await wrappers.after(message(d.body))
+    await calls.call_each("message_accepted", message=message(d.body), conversation=None, app=None)
+    assert recorder.seen == [("good", "before", "hi"), ("good", "after", "hi"), ("good", "accepted", "hi")]
+    (hangs,) = [pm.get_name(p) for p in pm.get_plugins() if isinstance(p, Hangs)]
+    assert failures(calls) == {(hangs, "wrap_send", "timeout"): 1, (hangs, "message_accepted", "timeout"): 1}
+    logged = [r for r in caplog.records if r.getMessage() == "hook_failed"]
+    assert {(r.plugin, r.hook, r.reason) for r in logged} == {  # type: ignore[attr-defined]
+        (hangs, "wrap_send", "timeout"),
+        (hangs, "message_accepted", "timeout"),
+    }
+
+
+@pytest.mark.parametrize("broken", [0, 1, 2, 3], ids=["factory", "before", "never-yields", "not-a-generator"])
+async def test_fail_closed_refuses_a_message_whose_check_fails(broken: int) -> None:
+    recorder = Recorder()
+    pm = plugin_manager(wrapper_plugin(recorder, "entered"), broken_wrappers()[broken])
+    with pytest.raises(Unavailable, match="could not check the message"):
+        await (
+            hooks(pm, fail_closed=True)
+            .send_wrappers()
+            .before(draft=draft(), sender=None, conversation=None, app=None)
+        )
+    # fail-open (the default) lets it through the working check
+    await hooks(pm).send_wrappers().before(draft=draft("x"), sender=None, conversation=None, app=None)
+    assert ("entered", "before", "x") in recorder.seen
+
+
+async def test_a_raising_hook_is_counted_by_plugin_and_hook() -> None:
+    class Broken:
+        @hookimpl
+        def message_accepted(self, message: Message) -> None:
+            raise RuntimeError("boom")
+
+    pm = plugin_manager(Broken())
+    calls = hooks(pm)
+    for _ in range(3):
+        await calls.call_each("message_accepted", message=message(), conversation=None, app=None)
+    (name,) = [pm.get_name(p) for p in pm.get_plugins() if isinstance(p, Broken)]
+    assert failures(calls) == {(name, "message_accepted", "error"): 3}
 
 
 async def test_example_route_answers_without_a_token(client: Client) -> None:

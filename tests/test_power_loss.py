@@ -30,10 +30,13 @@ from .kibitz_client import Client, Session, make_server, poll_until
 
 LAZYFS = Path(os.environ.get("LAZYFS_BIN", Path.home() / ".cache/lazyfs/src/lazyfs/build/lazyfs"))
 
-pytestmark = pytest.mark.skipif(
-    not (LAZYFS.is_file() and Path("/dev/fuse").exists() and shutil.which("fusermount3")),
-    reason="LazyFS is not built here (../shared/tools/build-lazyfs.sh)",
-)
+pytestmark = [
+    pytest.mark.services,
+    pytest.mark.skipif(
+        not (LAZYFS.is_file() and Path("/dev/fuse").exists() and shutil.which("fusermount3")),
+        reason="LazyFS is not built here (../shared/tools/build-lazyfs.sh)",
+    ),
+]
 
 
 @dataclass

@@ -14,6 +14,9 @@ from kibitz.plugins.nats import NatsTransport
 from kibitz.presence import Presence
 from kibitz.testing import wait_until
 
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
+
 
 @dataclass
 class App:

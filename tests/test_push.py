@@ -29,6 +29,9 @@ from .kibitz_client import (
 )
 from .push_service import PushService, Subscription, unb64url
 
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
+
 
 @pytest.fixture(scope="module")
 async def push_service() -> AsyncIterator[PushService]:

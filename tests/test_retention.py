@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from kibitz.settings import load_settings
 from kibitz.testing import wait_until
 
 from .kibitz_client import serving
+
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
 
 
 def test_history_is_kept_forever_unless_a_retention_is_set() -> None:

@@ -20,6 +20,9 @@ from kibitz.models import Conversation, User
 from kibitz.settings import load_settings
 from kibitz.testing import wait_until
 
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
+
 
 @pytest.fixture
 async def kibitz(tmp_path: Path) -> AsyncIterator[Kibitz]:

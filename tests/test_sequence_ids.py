@@ -27,6 +27,9 @@ from .clock import Clock
 from .conftest import fresh_postgres_database
 from .kibitz_client import serving
 
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
+
 
 @dataclass
 class Instance:

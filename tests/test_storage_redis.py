@@ -18,6 +18,9 @@ from kibitz.plugins import redis as redis_plugin
 from kibitz.plugins.redis import RedisStorage, register_storage
 from kibitz.testing.storage import CID, IDS, ids, message
 
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
+
 
 @dataclass
 class App:

@@ -19,6 +19,9 @@ from kibitz.plugins.nats import LIVE_INLINE_BYTES, NatsTransport
 from kibitz.plugins.redis import RedisStorage
 from kibitz.testing import wait_until
 
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
+
 
 @dataclass
 class App:

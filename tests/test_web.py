@@ -41,6 +41,9 @@ if not os.path.exists(CHROMIUM):
     )
 expect = playwright_api.expect
 
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
+
 
 @pytest.fixture(scope="module")
 async def web_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Server]:

@@ -29,6 +29,9 @@ from .kibitz_client import KIBITZ, Client, Server, Session, Socket, make_server
 SECRET = "kibitz-webhook-test-secret"
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
+# Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
+pytestmark = pytest.mark.services
+
 
 def documented_verify() -> Callable[..., bool]:
     """``verify(secret, header, body)``, exactly as docs/security.md gives it to receivers."""

@@ -1,6 +1,7 @@
 """The scenarios, in the order a run takes them (``--only`` picks among these names).
 
-Each module has ``run_scenario(ctx) -> dict``: its figures, for results.json.
+Each module has ``run_scenario(ctx) -> dict``: its figures, for results.json. Those in
+``STANDALONE`` need no server under test (none is started for them alone).
 """
 
 from __future__ import annotations
@@ -9,7 +10,16 @@ from collections.abc import Callable
 from typing import Any
 
 from ..context import Context
-from . import catch_up, group_fanout, history, idle_connections, long_poll, one_to_one, startup
+from . import (
+    catch_up,
+    group_fanout,
+    history,
+    idle_connections,
+    long_poll,
+    one_to_one,
+    sql_history,
+    startup,
+)
 
 Scenario = Callable[[Context], dict[str, Any]]
 
@@ -20,5 +30,8 @@ SCENARIOS: dict[str, Scenario] = {
     "catch_up": catch_up.run_scenario,
     "idle_connections": idle_connections.run_scenario,
     "history": history.run_scenario,
+    "sql_history": sql_history.run_scenario,  # the storage alone, in databases of its own: no server
     "startup": startup.run_scenario,  # last: it restarts the server on the folder the others filled
 }
+
+STANDALONE = {"sql_history"}

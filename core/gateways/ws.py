@@ -31,7 +31,6 @@ from ..errors import ApiError, CursorExpired, InvalidRequest
 from ..inputs import Frame, Hello, Ping, Read, Send, Typing, decode_frame
 from ..messages import SendOrder
 from ..models import Device, User
-from ..plugin_manager import call_each
 from .keepalive import Keepalive
 from .sync import Backlog, read_backlog
 
@@ -207,7 +206,7 @@ async def websocket(request: Request, ws: WebsocketImplProtocol) -> None:
         ready = {"type": "ready", "user": user.to_dict(), "cursor": kibitz.cursors.encode(user.id, start)}
         await ws.send(orjson.dumps(ready).decode())
         writer = asyncio.create_task(connection.write_loop())
-        kibitz.tasks.spawn(call_each(kibitz.pm, "connection_opened", user=user, device=device, app=kibitz))
+        kibitz.tasks.spawn(kibitz.hooks.call_each("connection_opened", user=user, device=device, app=kibitz))
         await connection.replay(start, first)
         await _read_loop(ws, connection, kibitz)
     except (ConnectionClosed, asyncio.CancelledError):
@@ -219,7 +218,7 @@ async def websocket(request: Request, ws: WebsocketImplProtocol) -> None:
         keepalive.remove(ws)
         if writer is not None:
             writer.cancel()
-        kibitz.tasks.spawn(call_each(kibitz.pm, "connection_closed", user=user, device=device, app=kibitz))
+        kibitz.tasks.spawn(kibitz.hooks.call_each("connection_closed", user=user, device=device, app=kibitz))
 
 
 async def _hello(ws: WebsocketImplProtocol, kibitz: Kibitz) -> tuple[User, Device, int | None] | None:
