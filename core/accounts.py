@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 import secrets
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .database import devices, users
+from .database import devices, inserted_id, users
 from .errors import Forbidden, InvalidRequest, NotFound, RegistrationClosed, UsernameTaken
 from .invitations import redeem, secret_hash
 from .models import Device, User, now_ms, rfc3339
@@ -28,7 +29,7 @@ MAX_DISPLAY_NAME = 64
 NO_PASSWORD = "!"  # the password hash of bots and deleted accounts: no argon2 hash, verifies nothing
 
 
-def _user(row: sa.Row) -> User:
+def _user(row: sa.Row[*tuple[Any, ...]]) -> User:
     return User(id=row.id, username=row.username, display_name=row.display_name, bot=row.bot)
 
 
@@ -102,7 +103,7 @@ class Accounts:
             raise UsernameTaken(f"the username {name!r} is a person's, not a bot's")
         return _user(row)
 
-    async def _named(self, username: str) -> sa.Row | None:
+    async def _named(self, username: str) -> sa.Row[*tuple[Any, ...]] | None:
         async with self.engine.connect() as db:
             return (await db.execute(sa.select(users).where(users.c.username == username))).first()
 
@@ -137,7 +138,7 @@ class Accounts:
                 )
         except IntegrityError:
             raise UsernameTaken(f"the username {name!r} is taken") from None
-        return User(id=result.inserted_primary_key[0], username=name, display_name=display_name, bot=bot)
+        return User(id=inserted_id(result), username=name, display_name=display_name, bot=bot)
 
     async def log_in(
         self, username: str, password: str, device_name: str, address: str
@@ -164,9 +165,7 @@ class Accounts:
                     user_id=row.id, name=device_name, token_hash=secret_hash(token), created_ms=created
                 )
             )
-        device = Device(
-            id=result.inserted_primary_key[0], user_id=row.id, name=device_name, created_at=rfc3339(created)
-        )
+        device = Device(id=inserted_id(result), user_id=row.id, name=device_name, created_at=rfc3339(created))
         return token, device, _user(row)
 
     async def authenticate(self, token: str) -> tuple[User, Device] | None:

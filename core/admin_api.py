@@ -7,7 +7,7 @@ no shell after the first account. Anyone else gets 403.
 
 from __future__ import annotations
 
-from sanic import Request, Sanic
+from sanic import DefaultSanic, Request
 from sanic.response import HTTPResponse, empty
 
 from .admin import AdminError
@@ -43,7 +43,7 @@ async def revoke_invitation(request: Request, invitation_id: str) -> HTTPRespons
     return empty(204)
 
 
-def register(app: Sanic) -> None:
+def register(app: DefaultSanic) -> None:
     for handler, path, method in (
         (create_invitation, "/invitations", "POST"),
         (list_invitations, "/invitations", "GET"),

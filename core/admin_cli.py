@@ -28,7 +28,9 @@ from .progress import Progress, ProgressDisplay
 from .settings import Settings, parse_duration
 
 
-def add_commands(commands: argparse._SubParsersAction, config: argparse.ArgumentParser) -> None:
+def add_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], config: argparse.ArgumentParser
+) -> None:
     """Add ``user``, ``invite`` and ``migrate`` to the ``kibitz`` command's sub-commands."""
     user = commands.add_parser("user", parents=[config], help="create, list, disable, enable or delete users")
     actions = user.add_subparsers(dest="action", required=True, metavar="ACTION")

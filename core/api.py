@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sanic import Request, Sanic
+from sanic import DefaultSanic, Request
 from sanic.response import HTTPResponse, empty, raw
 
 from .accounts import normalize_username
@@ -237,7 +237,7 @@ async def mark_read(request: Request, cid: str) -> HTTPResponse:
     return json({"conversation": await kibitz.conversations.view(user.id, conversation)})
 
 
-def register(app: Sanic) -> None:
+def register(app: DefaultSanic) -> None:
     routes: list[tuple[str, Any, list[str]]] = [
         ("/accounts", sign_up, ["POST"]),
         ("/sessions", log_in, ["POST"]),

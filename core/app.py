@@ -17,13 +17,14 @@ import secrets
 import socket
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
-from sanic import Request, Sanic
+from sanic import DefaultSanic, Request, Sanic
 
 from . import admin_api, api, operations, push, web_client
 from .accounts import Accounts
 from .admin import Admin, AdminSocket
+from .app_protocol import App
 from .clients import Clients
 from .commands import gather_commands
 from .conversations import Conversations
@@ -57,6 +58,14 @@ _app_numbers = itertools.count()
 
 class StartupError(Exception):
     """A part of the server could not start; the message names the part."""
+
+
+class _Part(Protocol):
+    """What every slot has: started with the app, closed in reverse order."""
+
+    async def start(self, app: App) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class Kibitz:
@@ -109,7 +118,7 @@ class Kibitz:
         self.openapi_paths: dict[str, dict[str, Any]] = {}  # of the routes plugins registered
         self.ready = False
         self.stopping = asyncio.Event()
-        self._started: list[Any] = []
+        self._started: list[_Part] = []
         self._starting = ""
 
     async def user(self, user_id: int) -> User:
@@ -169,7 +178,7 @@ class Kibitz:
         self.cursors = Cursors(await load_cursor_key(self.engine))
         await self.push.start()
         self.transport.listen(self.hub.on_event, self.hub.on_signal)
-        slots = [
+        slots: list[tuple[str, str, _Part]] = [
             ("ids", self.settings.ids, self.ids),
             ("transport", self.settings.transport, self.transport),
             ("storage", self.settings.storage, self.storage),
@@ -221,7 +230,7 @@ class Kibitz:
         log.info("stopped")
 
 
-def _register_plugin_routes(app: Sanic, kibitz: Kibitz) -> None:
+def _register_plugin_routes(app: DefaultSanic, kibitz: Kibitz) -> None:
     """Let plugins add routes; a path (and method) already taken stops start-up."""
     taken = {(route.path.strip("/"), method) for route in app.router.routes for method in route.methods}
 
@@ -245,7 +254,7 @@ def _register_plugin_routes(app: Sanic, kibitz: Kibitz) -> None:
         impl.function(*(kwargs[a] for a in impl.argnames))
 
 
-def create_app(settings: Settings, plugins: Iterable[object] = ()) -> Sanic:
+def create_app(settings: Settings, plugins: Iterable[object] = ()) -> DefaultSanic:
     """The Sanic application of one Kibitz instance (``plugins``: extra plugin objects, for tests)."""
     kibitz = Kibitz(settings, plugins)
     app = Sanic(f"kibitz{next(_app_numbers)}", configure_logging=False)
@@ -274,15 +283,15 @@ def create_app(settings: Settings, plugins: Iterable[object] = ()) -> Sanic:
     _register_plugin_routes(app, kibitz)
 
     @app.before_server_start
-    async def _start(app: Sanic) -> None:
+    async def _start(app: DefaultSanic) -> None:
         await kibitz.start()
 
     @app.before_server_stop
-    async def _drain(app: Sanic) -> None:
+    async def _drain(app: DefaultSanic) -> None:
         await kibitz.drain()
 
     @app.after_server_stop
-    async def _stop(app: Sanic) -> None:
+    async def _stop(app: DefaultSanic) -> None:
         await kibitz.stop()
 
     return app

@@ -17,7 +17,7 @@ from .http_protocol import KibitzProtocol
 from .settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from sanic import Sanic
+    from sanic import DefaultSanic
 
 GC_FIRST_GENERATION = 20_000  # new container objects between two young collections
 
@@ -105,7 +105,7 @@ def serve(settings: Settings) -> int:
     return 0
 
 
-async def _say_where(app: Sanic) -> None:
+async def _say_where(app: DefaultSanic) -> None:
     """One plain line for the person who started it, beside the JSON log lines."""
     settings = app.ctx.kibitz.settings
     listening = f"http://{settings.host}:{settings.port}"
@@ -122,7 +122,7 @@ async def _say_where(app: Sanic) -> None:
     )
 
 
-async def _tune_garbage_collector(app: Sanic) -> None:
+async def _tune_garbage_collector(app: DefaultSanic) -> None:
     """Keep the cyclic garbage collector off the hot path (once serving, for this process).
 
     What start-up made lives as long as the process: ``gc.freeze()`` takes it out of

@@ -9,14 +9,17 @@ starts with a slash is an ordinary message.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import pluggy
 
 from .errors import ConfigError
 from .models import Draft, User
+
+if TYPE_CHECKING:
+    from .app_protocol import App
 
 NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
@@ -37,12 +40,14 @@ class Command:
     run: Callable[[Draft, str, User], Awaitable[None]]
 
 
-def gather_commands(pm: pluggy.PluginManager, app: Any) -> dict[str, Command]:
+def gather_commands(pm: pluggy.PluginManager, app: App) -> dict[str, Command]:
     """Every plugin's commands by name; a bad or taken name stops start-up."""
     found: dict[str, Command] = {}
     for impl in reversed(pm.hook.register_commands.get_hookimpls()):
         kwargs = {"app": app}
-        for command in impl.function(*(kwargs[a] for a in impl.argnames)) or ():
+        # What register_commands' spec says an implementation returns (pluggy types it object).
+        commands = cast("Iterable[Command] | None", impl.function(*(kwargs[a] for a in impl.argnames)))
+        for command in commands or ():
             if not NAME.fullmatch(command.name):
                 raise ConfigError(f"plugin {impl.plugin_name}: /{command.name} is not a command name")
             if command.name in found:

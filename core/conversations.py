@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .database import conversations, members
+from .database import conversations, inserted_id, members
 from .errors import Forbidden, InvalidRequest, NotFound, Unavailable
 from .models import Conversation, LogEntry, now_ms, rfc3339
 from .slots import Storage, Transport
@@ -184,7 +185,7 @@ class Conversations:
                     type=kind, name=name, creator_id=creator_id, direct_key=direct_key, created_ms=now
                 )
             )
-            cid: int = result.inserted_primary_key[0]
+            cid = inserted_id(result)
             await db.execute(
                 members.insert(),
                 [{"conversation_id": cid, "user_id": uid, "joined_ms": now} for uid in member_ids],
@@ -285,7 +286,7 @@ class Conversations:
             raise Unavailable(f"the message queue did not answer: {type(e).__name__}") from None
 
 
-def _conversation(row: sa.Row, member_ids: tuple[int, ...]) -> Conversation:
+def _conversation(row: sa.Row[*tuple[Any, ...]], member_ids: tuple[int, ...]) -> Conversation:
     return Conversation(
         id=row.id,
         type=row.type,

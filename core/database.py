@@ -121,6 +121,15 @@ invitations = sa.Table(
 )
 
 
+def inserted_id(result: sa.CursorResult[Any]) -> int:
+    """The id of the row a one-row ``INSERT`` just made (its table's one primary key column)."""
+    key = result.inserted_primary_key
+    if key is None:  # SQLAlchemy's answer for a statement that inserted nothing: a bug here
+        raise RuntimeError("the statement inserted no row")
+    row_id: int = key[0]
+    return row_id
+
+
 def create_engine(url: str) -> AsyncEngine:
     """An async engine; for SQLite, WAL and fsync on every commit."""
     if url.startswith("sqlite"):

@@ -60,7 +60,7 @@ class KibitzProtocol(WebSocketProtocol):
     # -- the cap per address ---------------------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
+        super().connection_made(transport)  # type: ignore[no-untyped-call]  # unannotated in Sanic
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if isinstance(peer, tuple) else ""
         self._counted = self._clients.connected(self._peer)
@@ -72,7 +72,7 @@ class KibitzProtocol(WebSocketProtocol):
         if self._counted:
             self._counted = False
             self._clients.disconnected(self._peer)
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[no-untyped-call]  # unannotated in Sanic
 
     # -- timeouts --------------------------------------------------------------------------
 
@@ -81,11 +81,12 @@ class KibitzProtocol(WebSocketProtocol):
             return
         http = getattr(self, "_http", None)
         if self.websocket is not None or http is None or http.stage is Stage.IDLE:
-            super().data_received(data)  # a request begins here: Sanic starts its clock
+            # a request begins here: Sanic starts its clock
+            super().data_received(data)  # type: ignore[no-untyped-call]  # unannotated in Sanic
             self._served = True
             return
         started = self._time
-        super().data_received(data)
+        super().data_received(data)  # type: ignore[no-untyped-call]  # unannotated in Sanic
         self._time = started  # the request's clock runs from its first byte, whatever follows
 
     def check_timeouts(self) -> None:

@@ -32,6 +32,7 @@ REMEMBER_REVOKED = 120.0  # seconds a revocation is remembered for connections j
 class LiveConnection(Protocol):
     user_id: int
     device_id: int
+    ended: asyncio.Event  # set once the connection is let go (shutdown waits for it)
 
     def deliver(self, position: int, event: bytes) -> None:
         """An event of the user's log, in log order; must not block."""

@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .database import invitations
+from .database import inserted_id, invitations
 from .models import now_ms, rfc3339
 
 
@@ -54,7 +55,7 @@ class Invitation:
         }
 
 
-def _invitation(row: sa.Row) -> Invitation:
+def _invitation(row: sa.Row[*tuple[Any, ...]]) -> Invitation:
     return Invitation(row.id, row.uses_allowed, row.uses, row.expires_ms, row.revoked_ms, row.created_ms)
 
 
@@ -73,7 +74,7 @@ class Invitations:
                     code_hash=secret_hash(code), uses_allowed=uses, expires_ms=expires, created_ms=now
                 )
             )
-        return code, Invitation(result.inserted_primary_key[0], uses, 0, expires, None, now)
+        return code, Invitation(inserted_id(result), uses, 0, expires, None, now)
 
     async def list(self) -> list[Invitation]:
         async with self.engine.connect() as db:

@@ -254,7 +254,11 @@ class Turn:
         if self.previous is None or self.previous.done():
             self.passed.set_result(None)
         else:
-            self.previous.add_done_callback(lambda _: self.passed.done() or self.passed.set_result(None))
+            self.previous.add_done_callback(self._pass)
+
+    def _pass(self, _previous: asyncio.Future[None]) -> None:
+        if not self.passed.done():
+            self.passed.set_result(None)
 
 
 class SendOrder:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 import sqlalchemy as sa
-from sanic import Request, Sanic
+from sanic import DefaultSanic, Request
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, raw
 
@@ -89,7 +89,7 @@ async def readiness_problem(kibitz: Kibitz) -> str | None:
     return None
 
 
-def register(app: Sanic, kibitz: Kibitz) -> None:
+def register(app: DefaultSanic, kibitz: Kibitz) -> None:
     app.error_handler.add(Exception, handle_error)
 
     async def healthz(request: Request) -> HTTPResponse:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, TypeVarTuple
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -27,6 +27,7 @@ MAX_WAITING = 128  # password checks waiting for a thread, from every address to
 MAX_WAITING_PER_ADDRESS = 16  # of each kind: logins to real accounts, and the stand-ins
 
 T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 _hasher = PasswordHasher()
 # Verified against when the username is unknown, so both failures take the same time.
@@ -50,7 +51,7 @@ class PasswordWork:
         ok = await self._run(address, hashed is not None, _verify, hashed or _NO_SUCH_USER, password)
         return ok and hashed is not None
 
-    async def _run(self, address: str, first: bool, work: Callable[[str, str], T], *args: str) -> T:
+    async def _run(self, address: str, first: bool, work: Callable[[*Args], T], *args: *Args) -> T:
         await self._turn(address, self._rounds[0 if first else 1])
         thread = asyncio.ensure_future(asyncio.to_thread(work, *args))
         thread.add_done_callback(lambda _: self._pass_on())  # the thread's end frees the turn

@@ -12,7 +12,7 @@ import inspect
 import logging
 from collections.abc import AsyncGenerator, Callable, Iterable
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
@@ -207,8 +207,10 @@ class SendWrappers:
         for impl in reversed(self.hooks.pm.hook.wrap_send.get_hookimpls()):
             try:
                 async with asyncio.timeout(self.hooks.budget):
-                    factory: Callable[[], AsyncGenerator[None, Any]] | None = impl.function(
-                        *(kwargs[a] for a in impl.argnames)
+                    # What wrap_send's spec says an implementation returns (pluggy types it object).
+                    factory = cast(
+                        "Callable[[], AsyncGenerator[None, Any]] | None",
+                        impl.function(*(kwargs[a] for a in impl.argnames)),
                     )
                     if factory is None:
                         continue

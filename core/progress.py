@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Never
 
 from tqdm import tqdm
 
@@ -22,7 +23,7 @@ class ProgressDisplay:
         self.what = what
         self.terminal = sys.stderr.isatty()
         self._part = ""
-        self._bar: tqdm | None = None
+        self._bar: tqdm[Never] | None = None  # a bar updated by hand, over no iterable
         self._tenths = -1
 
     def __call__(self, part: str, done: int, total: int) -> None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from sanic import Request, Sanic
+from sanic import DefaultSanic, Request
 from sanic.response import HTTPResponse, empty
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -176,7 +176,7 @@ async def remove_subscription(request: Request) -> HTTPResponse:
     return empty(204)
 
 
-def register(app: Sanic) -> None:
+def register(app: DefaultSanic) -> None:
     app.add_route(vapid_key, PREFIX + "/push/vapid-key", methods=["GET"], name="vapid_key")
     app.add_route(add_subscription, PREFIX + "/push/subscriptions", methods=["POST"], name="add_subscription")
     app.add_route(

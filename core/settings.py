@@ -94,10 +94,10 @@ class PluginSettings(Mapping[str, Any]):
     def integer(self, key: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
         return _integer(self.source(key), self.get(key, default), minimum, maximum)
 
-    def duration(self, key: str, default: float) -> float:
+    def duration(self, key: str, default: float | str) -> float:
         return parse_duration(self.source(key), self.get(key, default))
 
-    def size(self, key: str, default: int) -> int:
+    def size(self, key: str, default: int | str) -> int:
         return parse_size(self.source(key), self.get(key, default))
 
     def parse(self, schema: type[S]) -> S:

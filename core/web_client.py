@@ -19,7 +19,7 @@ import mimetypes
 from dataclasses import dataclass
 from importlib.resources import files
 
-from sanic import Request, Sanic
+from sanic import DefaultSanic, Request
 from sanic.response import HTTPResponse, raw
 
 from .errors import NotFound
@@ -80,7 +80,7 @@ def load_assets() -> tuple[str, dict[str, Asset]]:
     return version, assets
 
 
-def register(app: Sanic) -> None:
+def register(app: DefaultSanic) -> None:
     version, assets = load_assets()
 
     def answer(request: Request, path: str, cache: str) -> HTTPResponse:

@@ -70,7 +70,7 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _view(row: Mapping[str, Any]) -> dict[str, str]:
+def _view(row: Mapping[Any, Any]) -> dict[str, str]:
     """A webhook as members see it: never its secret."""
     fields = ("id", "conversation_id", "bot_id", "creator_id")
     return {"name": row["name"], **{field: str(row[field]) for field in fields}}
@@ -108,7 +108,9 @@ async def create(request: Request, cid: str) -> HTTPResponse:
     row = {"conversation_id": conversation.id, "name": name, "bot_id": bot.id, "creator_id": user.id}
     async with app.engine.begin() as db:
         made = await db.execute(webhooks.insert().values(secret_hash=_hash(secret), **row))
-    hook_id = made.inserted_primary_key[0]
+    inserted = made.inserted_primary_key
+    assert inserted is not None  # an INSERT of one row names its key
+    hook_id = inserted[0]
     url = f"{app.settings.url}/api/v1/hooks/{hook_id}/{secret}"
     return json({"webhook": _view({"id": hook_id, **row}), "url": url}, status=201)
 

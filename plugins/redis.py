@@ -45,7 +45,7 @@ import logging
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar, cast
 from urllib.parse import urlsplit
 
 import orjson
@@ -258,10 +258,10 @@ class RedisStorage:
         upper = "+inf" if before is None or before > MAX_ID else f"({before}"
         if after is None:
             # Newest first from the top (or from just below `before`); the extra one is older.
-            rows = await self._client.zrevrangebyscore(key, upper, "-inf", start=0, num=limit + 1)
+            rows = _members(await self._client.zrevrangebyscore(key, upper, "-inf", start=0, num=limit + 1))
             return Page(rows[:limit][::-1], len(rows) > limit)
         # Oldest first from just above `after`; the extra one is newer (and below `before`).
-        rows = await self._client.zrangebyscore(key, f"({after}", upper, start=0, num=limit + 1)
+        rows = _members(await self._client.zrangebyscore(key, f"({after}", upper, start=0, num=limit + 1))
         return Page(rows[:limit], len(rows) > limit)
 
     @_answers
@@ -299,8 +299,8 @@ class RedisStorage:
         """For each (sender, client_msg_id): the message already sent with it (within 30 days), or None."""
         if not keys:
             return []
-        values: list[bytes | None] = await self._client.mget([self._client_msg(s, c) for s, c in keys])
-        return values
+        # redis-py types a reply bytes | str; it is bytes, as the client does not decode.
+        return cast("list[bytes | None]", await self._client.mget([self._client_msg(s, c) for s, c in keys]))
 
     async def diagnose(self) -> list[Finding]:
         """For ``kibitz doctor``: the embedded binary, or an external Redis's version and persistence."""
@@ -422,6 +422,12 @@ class RedisStorage:
 
     def _client_msg(self, sender_id: int, client_msg_id: str) -> str:
         return f"{self.prefix}client_msg:{sender_id}:{client_msg_id}"
+
+
+def _members(reply: object) -> list[bytes]:
+    """A range read's members. redis-py's type allows str and (member, score) pairs too; the
+    client does not decode replies and no read here asks for scores, so they are bytes."""
+    return cast("list[bytes]", reply)
 
 
 async def _start_server(folder: Path) -> ChildProcess:

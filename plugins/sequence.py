@@ -75,7 +75,10 @@ _NOW_MS = {
     "postgresql": "floor(extract(epoch from clock_timestamp()) * 1000)::bigint",
     "sqlite": "CAST(round((julianday('now') - 2440587.5) * 86400000) AS INTEGER)",
 }
-_GREATEST = {"postgresql": sa.func.greatest, "sqlite": sa.func.max}
+_GREATEST: dict[str, Callable[..., sa.ColumnElement[int]]] = {
+    "postgresql": sa.func.greatest,
+    "sqlite": sa.func.max,
+}
 
 metadata = sa.MetaData()
 counter = sa.Table(
@@ -133,9 +136,9 @@ class SequenceIds:
             if dialect == "postgresql":
                 await db.execute(sa.text(f"SELECT pg_advisory_xact_lock({_CREATE_LOCK})"))
             await db.run_sync(metadata.create_all, checkfirst=True)
-            missing = sa.select(sa.literal_column("1"), sa.literal_column("0")).where(
-                ~sa.exists().where(counter.c.id == 1)
-            )
+            missing = sa.select(
+                sa.literal_column("1", sa.Integer()), sa.literal_column("0", sa.BigInteger())
+            ).where(~sa.exists().where(counter.c.id == 1))
             await db.execute(counter.insert().from_select(["id", "next"], missing))
         self._current = await self._take()
         self._spare = await self._take()  # a burst right after start has two blocks

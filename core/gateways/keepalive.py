@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from sanic import Sanic
+from sanic import DefaultSanic
 from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.protocol import State
 
@@ -53,11 +53,11 @@ class Keepalive:
                 except Exception:
                     log.exception("keepalive_ping_failed")
 
-    async def start(self, app: Sanic) -> None:
+    async def start(self, app: DefaultSanic) -> None:
         """Sanic listener: after the server starts."""
         self.task = asyncio.create_task(self.run(), name="websocket-keepalive")
 
-    async def stop(self, app: Sanic) -> None:
+    async def stop(self, app: DefaultSanic) -> None:
         """Sanic listener: before the server stops."""
         if self.task is not None:
             self.task.cancel()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
-from sanic import Request, Sanic
+from sanic import DefaultSanic, Request
 from sanic.response import HTTPResponse
 
 from ..api import PREFIX, authenticate, int_query, json, query
@@ -103,5 +103,5 @@ def _answer(kibitz: Kibitz, user: User, backlog: Backlog) -> HTTPResponse:
     return json(body)
 
 
-def register(app: Sanic) -> None:
+def register(app: DefaultSanic) -> None:
     app.add_route(sync, PREFIX + "/sync", methods=["GET"], name="sync")

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sanic import Request, Sanic
+from sanic import DefaultSanic, Request
 from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
@@ -124,7 +124,7 @@ class Connection:
         """Write the queued frames, all that are waiting in one system call, until a close."""
         queue = self.queue
         while True:
-            item = await queue.get()
+            item: bytes | tuple[int, str] | None = await queue.get()  # None: nothing more waiting
             frames = []
             while isinstance(item, bytes):
                 frames.append(item)
@@ -146,7 +146,7 @@ class Connection:
                 return False
             for frame in frames:
                 ws.ws_proto.send_text(frame)
-            await ws.send_data([b"".join(ws.ws_proto.data_to_send())])
+            await ws.send_data([b"".join(ws.ws_proto.data_to_send())])  # type: ignore[no-untyped-call]  # unannotated in Sanic
         return True
 
     # -- replay ------------------------------------------------------------------------------
@@ -391,7 +391,7 @@ async def close_all(kibitz: Kibitz) -> None:
             waiter.cancel()
 
 
-def register(app: Sanic, ping_interval: float) -> None:
+def register(app: DefaultSanic, ping_interval: float) -> None:
     keepalive = Keepalive(ping_interval)
     app.ctx.keepalive = keepalive
     app.after_server_start(keepalive.start)

@@ -77,7 +77,7 @@ def _listed(
         columns = [f"c{i}" for i in range(len(types))]
         table = sa.func.unnest(*arrays).table_valued(*columns, with_ordinality="n").render_derived(name=name)
         return table, [table.c[column] for column in columns], table.c.n
-    json = sa.bindparam(name, orjson.dumps(list(rows)).decode())
+    json: sa.BindParameter[str] = sa.bindparam(name, orjson.dumps(list(rows)).decode())
     table = sa.func.json_each(json).table_valued("key", "value", name=name)
     return table, [sa.func.json_extract(table.c.value, f"$[{i}]") for i in range(len(types))], table.c.key
 

@@ -115,11 +115,11 @@ class SqlTransport:
             )
         self._seen = await self.now()
         await self._heartbeat()
-        loops = [self._commit_loop(), self._feed_loop(), self._heartbeat_loop(), self._sweep_loop()]
+        loops = [self._commit_loop, self._feed_loop, self._heartbeat_loop, self._sweep_loop]
         if self._postgres:
-            loops.append(self._listen_loop())
+            loops.append(self._listen_loop)
         for loop in loops:
-            self._tasks.spawn(loop, name=f"sql-{loop.__name__}")
+            self._tasks.spawn(loop(), name=f"sql-{loop.__name__}")
         if self._postgres:  # signals sent from now on must reach this instance
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 await self._listening.wait()
@@ -292,6 +292,8 @@ class SqlTransport:
 
     async def _listen(self, db: AsyncConnection) -> None:
         connection = (await db.get_raw_connection()).driver_connection
+        if connection is None:  # SQLAlchemy's answer for a connection already given up
+            raise ConnectionError("the database connection is closed")
         lost = asyncio.Event()
         connection.add_termination_listener(lambda _: lost.set())
         await connection.add_listener(LOG_CHANNEL, lambda *_: self._feed_wake.set())

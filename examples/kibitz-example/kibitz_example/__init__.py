@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
-from typing import Any
 
+from sanic import HTTPResponse, Request
 from sanic.response import json
 
 from kibitz import Device, Draft, Message, Rejected, User, hookimpl
@@ -56,10 +56,10 @@ def startup() -> None:
 
 @hookimpl
 def register_routes(register: Callable[..., None]) -> None:
-    async def accepted_count(request: Any) -> Any:
+    async def accepted_count(request: Request) -> HTTPResponse:
         return json({"accepted": len(accepted)})
 
-    async def all_counts(request: Any) -> Any:
+    async def all_counts(request: Request) -> HTTPResponse:
         return json({"accepted": len(accepted), **counts})
 
     register("/api/v1/-/example/accepted", accepted_count)
