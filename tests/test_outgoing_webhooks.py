@@ -146,6 +146,16 @@ async def test_conversations_without_the_bot_stay_inside(client: Client, bot: Bo
     assert bot.got("between us") == []
 
 
+async def history_is(client: Client, who: Session, cid: str, bodies: list[str]) -> None:
+    """Wait until the history holds exactly ``bodies``: a message reaches live connections
+    once the log has it, and history a moment later, once storage has it too."""
+
+    async def holds() -> bool:
+        return [m["body"] for m in (await client.history(who, cid))["messages"]] == bodies
+
+    await wait_until(holds, what=f"the history to be {bodies}")
+
+
 async def test_a_503_is_tried_again_and_its_reply_posted_once(client: Client, bot: Bot) -> None:
     alice, bob, cid, _ = await group_with_the_bot(client)
     bot.scripts["flaky"] = [(503, {"Retry-After": "1"}, b"")]
@@ -157,8 +167,7 @@ async def test_a_503_is_tried_again_and_its_reply_posted_once(client: Client, bo
     tries = bot.got("flaky")
     assert [sent.status for sent in tries] == [503, 200]
     assert len({sent.headers["Kibitz-Delivery"] for sent in tries}) == 1
-    history = [m["body"] for m in (await client.history(alice, cid))["messages"]]
-    assert history == ["flaky", "echo: flaky"]
+    await history_is(client, alice, cid, ["flaky", "echo: flaky"])
 
 
 async def test_an_answer_without_a_reply_posts_nothing(client: Client, bot: Bot) -> None:
@@ -177,8 +186,9 @@ async def test_an_answer_without_a_reply_posts_nothing(client: Client, bot: Bot)
     await socket.messages(1)
     await reply_to(socket, witness)
     await socket.close()
-    history = [m["body"] for m in (await client.history(alice, cid))["messages"]]
-    assert history == [*answers, "witness of the silent ones", "echo: witness of the silent ones"]
+    await history_is(
+        client, alice, cid, [*answers, "witness of the silent ones", "echo: witness of the silent ones"]
+    )
     await wait_until(lambda: bot.got("refused"), 30, "the POST of the refused one")
     [refused] = bot.got("refused")
     delivery = refused.headers["Kibitz-Delivery"]
