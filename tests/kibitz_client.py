@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from kibitz.supervisor import ChildProcess, find_binary, free_port
 from kibitz.testing.client import PASSWORD as PASSWORD  # the tests' helpers, from the public kit
+from kibitz.testing.client import BaseUrl
 from kibitz.testing.client import Client as Client
 from kibitz.testing.client import Session as Session
 from kibitz.testing.client import Socket as Socket
@@ -66,7 +67,7 @@ def redis_child(folder: Path, port: int | None = None) -> ChildProcess:
 
 
 @dataclass
-class Server:
+class Server(BaseUrl):
     """A ``kibitz serve`` child process."""
 
     url: str
@@ -75,14 +76,6 @@ class Server:
     process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(default_factory=Path)
     args: tuple[str, ...] = ()  # after ``kibitz serve``
-
-    @property
-    def api(self) -> str:
-        return self.url + "/api/v1"
-
-    @property
-    def ws_url(self) -> str:
-        return self.url.replace("http", "ws", 1) + "/api/v1/ws"
 
     def start(self, timeout: float = 60) -> None:
         """Start (or start again) and wait for /readyz."""

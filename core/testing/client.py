@@ -32,6 +32,20 @@ class Address(Protocol):
     def ws_url(self) -> str: ...
 
 
+class BaseUrl:
+    """``api`` and ``ws_url`` of a server answering at ``url`` (``http://host:port``)."""
+
+    url: str
+
+    @property
+    def api(self) -> str:
+        return self.url + "/api/v1"
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http", "ws", 1) + "/api/v1/ws"
+
+
 @dataclass
 class Session:
     """A logged-in device."""

@@ -23,6 +23,7 @@ from ..http_protocol import KibitzProtocol
 from ..logs import JsonFormatter
 from ..settings import load_settings
 from ..supervisor import free_port
+from .client import BaseUrl
 
 # The fast tier's defaults: nothing but this process, and no limits that tests would hit.
 DEFAULTS = {"KIBITZ_TRANSPORT": "memory", "KIBITZ_STORAGE": "memory", "KIBITZ_RATE_LIMITS": "off"}
@@ -41,7 +42,7 @@ class LogCapture(logging.Handler):
 
 
 @dataclasses.dataclass(frozen=True)
-class InProcessServer:
+class InProcessServer(BaseUrl):
     """A running server: its URLs, data folder, services (``kibitz.App``) and log."""
 
     url: str
@@ -52,14 +53,6 @@ class InProcessServer:
     def log(self) -> str:
         """What was logged so far (by anything in this process, at INFO and above)."""
         return "\n".join(self.capture.lines)
-
-    @property
-    def api(self) -> str:
-        return self.url + "/api/v1"
-
-    @property
-    def ws_url(self) -> str:
-        return self.url.replace("http", "ws", 1) + "/api/v1/ws"
 
 
 @asynccontextmanager
