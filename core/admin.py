@@ -60,10 +60,10 @@ class AdminError(Exception):
 class Admin:
     """What ``kibitz user`` and ``kibitz invite`` do, on the services of one instance."""
 
-    def __init__(self, kibitz: Kibitz) -> None:
-        self.kibitz = kibitz
-        self.engine = kibitz.engine
-        self.invitations = Invitations(kibitz.engine)
+    def __init__(self, app: Kibitz) -> None:
+        self.app = app
+        self.engine = app.engine
+        self.invitations = Invitations(app.engine)
         self.actions: dict[str, Callable[..., Awaitable[Any]]] = {
             "user_create": self.user_create,
             "user_list": self.user_list,
@@ -105,13 +105,13 @@ class Admin:
     # -- long work -----------------------------------------------------------------
 
     async def backup(self, file: str, progress: Progress) -> dict[str, Any]:
-        return await backup(self.kibitz, Path(file), progress)
+        return await backup(self.app, Path(file), progress)
 
     async def export(
         self, file: str, progress: Progress, conversation_id: str | None = None, username: str | None = None
     ) -> dict[str, Any]:
         user_id = await self._user_id(username) if username is not None else None
-        return await export(self.kibitz, Path(file), conversation_id, user_id, progress)
+        return await export(self.app, Path(file), conversation_id, user_id, progress)
 
     # -- users -------------------------------------------------------------------
 
@@ -127,11 +127,11 @@ class Admin:
         if bot:
             if password is not None or admin:
                 raise AdminError("a bot has no password and is no administrator")
-            user = await self.kibitz.accounts.create_bot(username, display_name)
+            user = await self.app.accounts.create_bot(username, display_name)
         elif password is None:
             raise AdminError("a person's account needs a password")
         else:
-            user = await self.kibitz.accounts.create(username, password, display_name, admin)
+            user = await self.app.accounts.create(username, password, display_name, admin)
         return {**user.to_dict(), "admin": admin}
 
     async def user_list(self) -> list[dict[str, Any]]:
@@ -178,9 +178,9 @@ class Admin:
     async def user_reset_password(self, username: str, password: str) -> dict[str, Any]:
         """A new password; every device is logged out, since whoever knew the old one may be on one."""
         user_id = await self._user_id(username)
-        if (await self.kibitz.accounts.get(user_id)).bot:
+        if (await self.app.accounts.get(user_id)).bot:
             raise AdminError(f"{username} is a bot: it has no password")
-        hashed = await self.kibitz.accounts.new_password_hash(password)
+        hashed = await self.app.accounts.new_password_hash(password)
         async with self.engine.begin() as db:
             await db.execute(users.update().where(users.c.id == user_id).values(password_hash=hashed))
         return {"devices_logged_out": await self._log_out_everywhere(user_id)}
@@ -201,9 +201,9 @@ class Admin:
             query = sa.select(members.c.conversation_id).where(members.c.user_id == user_id)
             conversation_ids = (await db.execute(query)).scalars().all()
         left = 0
-        for conversation in (await self.kibitz.conversations.get_many(conversation_ids)).values():
+        for conversation in (await self.app.conversations.get_many(conversation_ids)).values():
             if conversation.type == "group":
-                await self.kibitz.conversations.remove_deleted_user(conversation, user_id)
+                await self.app.conversations.remove_deleted_user(conversation, user_id)
                 left += 1
         async with self.engine.begin() as db:
             await db.execute(
@@ -236,7 +236,7 @@ class Admin:
             result = await db.execute(mine.returning(devices.c.id))
             device_ids = result.scalars().all()
         for device_id in device_ids:
-            await self.kibitz.transport.signal([user_id], revocation(device_id))
+            await self.app.transport.signal([user_id], revocation(device_id))
         return len(device_ids)
 
     # -- invitations ---------------------------------------------------------------
@@ -245,7 +245,7 @@ class Admin:
         if uses < 1:
             raise AdminError("an invitation needs at least one use")
         code, invitation = await self.invitations.create(uses, expires_in)
-        link = f"{self.kibitz.settings.url}/#invite={code}"
+        link = f"{self.app.settings.url}/#invite={code}"
         return {"code": code, "link": link, "invitation": invitation.to_dict()}
 
     async def invite_list(self) -> list[dict[str, object]]:

@@ -18,35 +18,35 @@ from .inputs import NewInvitation, decode
 
 async def _administrator(request: Request) -> None:
     user, _ = await authenticate(request)
-    if not await request.app.ctx.kibitz.accounts.is_admin(user.id):
+    if not await request.app.ctx.app.accounts.is_admin(user.id):
         raise Forbidden("only administrators manage invitations")
 
 
 async def create_invitation(request: Request) -> HTTPResponse:
     await _administrator(request)
     body = decode(request.body, NewInvitation)
-    made = await request.app.ctx.kibitz.admin.invite_create(body.uses, body.expires_in)
+    made = await request.app.ctx.app.admin.invite_create(body.uses, body.expires_in)
     return json(made, 201)
 
 
 async def list_invitations(request: Request) -> HTTPResponse:
     await _administrator(request)
-    return json({"invitations": await request.app.ctx.kibitz.admin.invite_list()})
+    return json({"invitations": await request.app.ctx.app.admin.invite_list()})
 
 
 async def revoke_invitation(request: Request, invitation_id: str) -> HTTPResponse:
     await _administrator(request)
     try:
-        await request.app.ctx.kibitz.admin.invite_revoke(invitation_id)
+        await request.app.ctx.app.admin.invite_revoke(invitation_id)
     except AdminError as e:
         raise NotFound(str(e)) from None
     return empty(204)
 
 
-def register(app: DefaultSanic) -> None:
+def register(sanic: DefaultSanic) -> None:
     for handler, path, method in (
         (create_invitation, "/invitations", "POST"),
         (list_invitations, "/invitations", "GET"),
         (revoke_invitation, "/invitations/<invitation_id>", "DELETE"),
     ):
-        app.add_route(handler, PREFIX + path, methods=[method], name=handler.__name__)
+        sanic.add_route(handler, PREFIX + path, methods=[method], name=handler.__name__)

@@ -182,16 +182,16 @@ async def _perform(settings: Settings, action: str, args: dict[str, Any], progre
         pass  # no server on this data folder
     lock = lock_data_folder(settings.data_dir)
     try:
-        kibitz = Kibitz(settings)
+        app = Kibitz(settings)
         try:
-            await kibitz.start()
+            await app.start()
         except StartupError as e:
             raise AdminError(f"could not start: {e}") from None
         try:
-            return await kibitz.admin.call(action, args, progress)
+            return await app.admin.call(action, args, progress)
         finally:
-            await kibitz.drain()
-            await kibitz.stop()
+            await app.drain()
+            await app.stop()
     finally:
         lock.close()
 

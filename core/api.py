@@ -71,7 +71,7 @@ def id_query(request: Request, name: str) -> int | None:
 def client_address(request: Request) -> str:
     """The client's address, through trusted proxies: what per-client limits count by."""
     forwarded = ",".join(request.headers.getall("x-forwarded-for", []))
-    address: str = request.app.ctx.kibitz.clients.address(request.ip, forwarded)
+    address: str = request.app.ctx.app.clients.address(request.ip, forwarded)
     return address
 
 
@@ -84,7 +84,7 @@ def bearer(request: Request) -> str:
 
 
 async def authenticate(request: Request) -> tuple[User, Device]:
-    found = await request.app.ctx.kibitz.accounts.authenticate(bearer(request))
+    found = await request.app.ctx.app.accounts.authenticate(bearer(request))
     if found is None:
         raise Unauthorized("unknown or revoked token")
     user, device = found
@@ -96,43 +96,43 @@ async def authenticate(request: Request) -> tuple[User, Device]:
 
 async def sign_up(request: Request) -> HTTPResponse:
     body = decode(request.body, SignUp)
-    user = await request.app.ctx.kibitz.accounts.sign_up(
+    user = await request.app.ctx.app.accounts.sign_up(
         body.username, body.password, body.display_name, client_address(request), body.invitation
     )
     return json({"user": user.to_dict()}, 201)
 
 
 async def log_in(request: Request) -> HTTPResponse:
-    kibitz = request.app.ctx.kibitz
+    app = request.app.ctx.app
     body = decode(request.body, LogIn)
     username = normalize_username(body.username)
     if not body.password:
         raise InvalidRequest("password: at least 1 character")
     address = client_address(request)
-    kibitz.rate_limits.login_attempt(username, address)
+    app.rate_limits.login_attempt(username, address)
     try:
-        session = await kibitz.accounts.log_in(username, body.password, body.device_name, address)
+        session = await app.accounts.log_in(username, body.password, body.device_name, address)
     except RateLimited:  # no password was checked: this attempt does not count
-        kibitz.rate_limits.login_forgiven(username, address)
+        app.rate_limits.login_forgiven(username, address)
         raise
     if session is None:
         raise Unauthorized("wrong username or password")
-    kibitz.rate_limits.login_forgiven(username, address)
+    app.rate_limits.login_forgiven(username, address)
     token, device, user = session
     return json({"token": token, "device": device.to_dict(), "user": user.to_dict()}, 201)
 
 
 async def log_out(request: Request) -> HTTPResponse:
-    kibitz = request.app.ctx.kibitz
+    app = request.app.ctx.app
     user, device = await authenticate(request)
-    await kibitz.accounts.log_out(device)
-    await kibitz.transport.signal([user.id], revocation(device.id))
+    await app.accounts.log_out(device)
+    await app.transport.signal([user.id], revocation(device.id))
     return empty(204)
 
 
 async def me(request: Request) -> HTTPResponse:
     user, device = await authenticate(request)
-    admin = await request.app.ctx.kibitz.accounts.is_admin(user.id)  # an extension, of /me alone
+    admin = await request.app.ctx.app.accounts.is_admin(user.id)  # an extension, of /me alone
     return json({"user": {**user.to_dict(), "admin": admin}, "device": device.to_dict()})
 
 
@@ -140,13 +140,13 @@ async def search_users(request: Request) -> HTTPResponse:
     await authenticate(request)
     prefix = query(request, "query") or ""
     limit = int_query(request, "limit", 20, 1, MAX_SEARCH)
-    users = await request.app.ctx.kibitz.accounts.search(prefix, limit)
+    users = await request.app.ctx.app.accounts.search(prefix, limit)
     return json({"users": [u.to_dict() for u in users]})
 
 
 async def get_user(request: Request, user_id: str) -> HTTPResponse:
     await authenticate(request)
-    user = await request.app.ctx.kibitz.accounts.get(path_id(user_id, "user"))
+    user = await request.app.ctx.app.accounts.get(path_id(user_id, "user"))
     return json({"user": user.to_dict()})
 
 
@@ -154,7 +154,7 @@ async def get_user(request: Request, user_id: str) -> HTTPResponse:
 
 
 async def create_conversation(request: Request) -> HTTPResponse:
-    kibitz = request.app.ctx.kibitz
+    app = request.app.ctx.app
     user, _ = await authenticate(request)
     body = decode(request.body, NewConversation)
     member_ids = [int(m) for m in body.members]
@@ -164,80 +164,80 @@ async def create_conversation(request: Request) -> HTTPResponse:
         (other,) = member_ids
         if other == user.id:
             raise InvalidRequest("members: a direct conversation is with someone else")
-        if not await kibitz.accounts.existing({other}):
+        if not await app.accounts.existing({other}):
             raise InvalidRequest("members: no such user")
-        conversation, made = await kibitz.conversations.create_direct(user.id, other)
-        view = await kibitz.conversations.view(user.id, conversation)
+        conversation, made = await app.conversations.create_direct(user.id, other)
+        view = await app.conversations.view(user.id, conversation)
         return json({"conversation": view}, 201 if made else 200)
     name = body.name
     if name is None or not 1 <= len(name.strip()) <= MAX_NAME:
         raise InvalidRequest(f"name: 1 to {MAX_NAME} characters")
     wanted = set(member_ids) | {user.id}
-    if len(wanted) > kibitz.transport.max_fanout:
-        raise InvalidRequest(f"members: a group has at most {kibitz.transport.max_fanout} members")
-    if await kibitz.accounts.existing(wanted) != wanted:
+    if len(wanted) > app.transport.max_fanout:
+        raise InvalidRequest(f"members: a group has at most {app.transport.max_fanout} members")
+    if await app.accounts.existing(wanted) != wanted:
         raise InvalidRequest("members: no such user")
-    conversation = await kibitz.conversations.create_group(user.id, name.strip(), member_ids)
-    return json({"conversation": await kibitz.conversations.view(user.id, conversation)}, 201)
+    conversation = await app.conversations.create_group(user.id, name.strip(), member_ids)
+    return json({"conversation": await app.conversations.view(user.id, conversation)}, 201)
 
 
 async def list_conversations(request: Request) -> HTTPResponse:
     user, _ = await authenticate(request)
-    return json({"conversations": await request.app.ctx.kibitz.conversations.list_for(user.id)})
+    return json({"conversations": await request.app.ctx.app.conversations.list_for(user.id)})
 
 
 async def get_conversation(request: Request, cid: str) -> HTTPResponse:
-    kibitz = request.app.ctx.kibitz
+    app = request.app.ctx.app
     user, _ = await authenticate(request)
-    conversation = await kibitz.conversations.of_member(path_id(cid, "conversation"), user.id)
-    return json({"conversation": await kibitz.conversations.view(user.id, conversation)})
+    conversation = await app.conversations.of_member(path_id(cid, "conversation"), user.id)
+    return json({"conversation": await app.conversations.view(user.id, conversation)})
 
 
 async def add_member(request: Request, cid: str) -> HTTPResponse:
-    kibitz = request.app.ctx.kibitz
+    app = request.app.ctx.app
     user, _ = await authenticate(request)
-    conversation = await kibitz.conversations.of_member(path_id(cid, "conversation"), user.id)
-    conversation = await kibitz.add_member(conversation.id, int(decode(request.body, NewMember).user_id))
-    return json({"conversation": await kibitz.conversations.view(user.id, conversation)})
+    conversation = await app.conversations.of_member(path_id(cid, "conversation"), user.id)
+    conversation = await app.add_member(conversation.id, int(decode(request.body, NewMember).user_id))
+    return json({"conversation": await app.conversations.view(user.id, conversation)})
 
 
 async def remove_member(request: Request, cid: str, uid: str) -> HTTPResponse:
-    kibitz = request.app.ctx.kibitz
+    app = request.app.ctx.app
     user, _ = await authenticate(request)
-    conversation = await kibitz.conversations.of_member(path_id(cid, "conversation"), user.id)
-    await kibitz.conversations.remove_member(conversation, user.id, path_id(uid, "member"))
+    conversation = await app.conversations.of_member(path_id(cid, "conversation"), user.id)
+    await app.conversations.remove_member(conversation, user.id, path_id(uid, "member"))
     return empty(204)
 
 
 async def send_message(request: Request, cid: str) -> HTTPResponse:
-    kibitz = request.app.ctx.kibitz
+    app = request.app.ctx.app
     user, _ = await authenticate(request)
     body = decode(request.body, NewMessage)
     conversation_id = path_id(cid, "conversation")
-    _, data, new = await kibitz.messages.submit(user, conversation_id, body.body, body.client_msg_id)
+    _, data, new = await app.messages.submit(user, conversation_id, body.body, body.client_msg_id)
     return json(b'{"message":' + data + b"}", 201 if new else 200)
 
 
 async def history(request: Request, cid: str) -> HTTPResponse:
-    kibitz = request.app.ctx.kibitz
+    app = request.app.ctx.app
     user, _ = await authenticate(request)
     before = id_query(request, "before")
     after = id_query(request, "after")
     limit = int_query(request, "limit", 50, 1, MAX_PAGE)
-    conversation = await kibitz.conversations.of_member(path_id(cid, "conversation"), user.id)
-    return json(await kibitz.messages.history(conversation, before, after, limit))
+    conversation = await app.conversations.of_member(path_id(cid, "conversation"), user.id)
+    return json(await app.messages.history(conversation, before, after, limit))
 
 
 async def mark_read(request: Request, cid: str) -> HTTPResponse:
-    kibitz = request.app.ctx.kibitz
+    app = request.app.ctx.app
     user, _ = await authenticate(request)
     message_id = int(decode(request.body, ReadMarker).message_id)
-    conversation = await kibitz.conversations.of_member(path_id(cid, "conversation"), user.id)
-    await kibitz.conversations.mark_read(conversation, user.id, message_id)
-    return json({"conversation": await kibitz.conversations.view(user.id, conversation)})
+    conversation = await app.conversations.of_member(path_id(cid, "conversation"), user.id)
+    await app.conversations.mark_read(conversation, user.id, message_id)
+    return json({"conversation": await app.conversations.view(user.id, conversation)})
 
 
-def register(app: DefaultSanic) -> None:
+def register(sanic: DefaultSanic) -> None:
     routes: list[tuple[str, Any, list[str]]] = [
         ("/accounts", sign_up, ["POST"]),
         ("/sessions", log_in, ["POST"]),
@@ -255,4 +255,4 @@ def register(app: DefaultSanic) -> None:
         ("/conversations/<cid>/read", mark_read, ["PUT"]),
     ]
     for path, handler, methods in routes:
-        app.add_route(handler, PREFIX + path, methods=methods, name=f"{handler.__name__}")
+        sanic.add_route(handler, PREFIX + path, methods=methods, name=f"{handler.__name__}")

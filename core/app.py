@@ -1,5 +1,8 @@
 """Building the server: the ``Kibitz`` services object and the Sanic application.
 
+One name each, everywhere: ``app`` is the services object (``kibitz.App`` to plugins;
+handlers reach it as ``request.app.ctx.app``), ``sanic`` the Sanic application.
+
 ``create_app(settings)`` loads the configured plugins, fills the slots (a bad name or
 setting raises ``ConfigError`` here, before anything starts), wires the services and
 registers the routes. The Sanic listeners then start everything in order, drain on
@@ -230,9 +233,9 @@ class Kibitz:
         log.info("stopped")
 
 
-def _register_plugin_routes(app: DefaultSanic, kibitz: Kibitz) -> None:
+def _register_plugin_routes(sanic: DefaultSanic, app: Kibitz) -> None:
     """Let plugins add routes; a path (and method) already taken stops start-up."""
-    taken = {(route.path.strip("/"), method) for route in app.router.routes for method in route.methods}
+    taken = {(route.path.strip("/"), method) for route in sanic.router.routes for method in route.methods}
 
     def register(
         path: str, handler: Any, methods: Iterable[str] = ("GET",), openapi: Mapping[str, Any] | None = None
@@ -243,22 +246,22 @@ def _register_plugin_routes(app: DefaultSanic, kibitz: Kibitz) -> None:
             if key in taken:
                 raise ConfigError(f"plugin route {method} {path}: the path is already taken")
             taken.add(key)
-        app.add_route(handler, path, methods=methods, name=f"plugin_{len(taken)}")
+        sanic.add_route(handler, path, methods=methods, name=f"plugin_{len(taken)}")
         if openapi is not None:
             documented, item = plugin_path(path)
-            item = kibitz.openapi_paths.setdefault(documented, item)
+            item = app.openapi_paths.setdefault(documented, item)
             item.update({method.lower(): openapi for method in methods})
 
-    for impl in reversed(kibitz.pm.hook.register_routes.get_hookimpls()):
-        kwargs = {"register": register, "app": kibitz}
+    for impl in reversed(app.pm.hook.register_routes.get_hookimpls()):
+        kwargs = {"register": register, "app": app}
         impl.function(*(kwargs[a] for a in impl.argnames))
 
 
 def create_app(settings: Settings, plugins: Iterable[object] = ()) -> DefaultSanic:
     """The Sanic application of one Kibitz instance (``plugins``: extra plugin objects, for tests)."""
-    kibitz = Kibitz(settings, plugins)
-    app = Sanic(f"kibitz{next(_app_numbers)}", configure_logging=False)
-    app.config.update(
+    app = Kibitz(settings, plugins)
+    sanic = Sanic(f"kibitz{next(_app_numbers)}", configure_logging=False)
+    sanic.config.update(
         {
             "REQUEST_MAX_SIZE": 1024 * 1024,
             "RESPONSE_TIMEOUT": 90,
@@ -272,26 +275,26 @@ def create_app(settings: Settings, plugins: Iterable[object] = ()) -> DefaultSan
             "NOISY_EXCEPTIONS": False,
         }
     )
-    app.ctx.kibitz = kibitz
-    api.register(app)
-    push.register(app)
-    admin_api.register(app)
-    sync.register(app)
-    ws.register(app, settings.ping_interval)
-    operations.register(app, kibitz)
-    web_client.register(app)
-    _register_plugin_routes(app, kibitz)
+    sanic.ctx.app = app
+    api.register(sanic)
+    push.register(sanic)
+    admin_api.register(sanic)
+    sync.register(sanic)
+    ws.register(sanic, settings.ping_interval)
+    operations.register(sanic, app)
+    web_client.register(sanic)
+    _register_plugin_routes(sanic, app)
 
-    @app.before_server_start
-    async def _start(app: DefaultSanic) -> None:
-        await kibitz.start()
+    @sanic.before_server_start
+    async def _start(sanic: DefaultSanic) -> None:
+        await app.start()
 
-    @app.before_server_stop
-    async def _drain(app: DefaultSanic) -> None:
-        await kibitz.drain()
+    @sanic.before_server_stop
+    async def _drain(sanic: DefaultSanic) -> None:
+        await app.drain()
 
-    @app.after_server_stop
-    async def _stop(app: DefaultSanic) -> None:
-        await kibitz.stop()
+    @sanic.after_server_stop
+    async def _stop(sanic: DefaultSanic) -> None:
+        await app.stop()
 
-    return app
+    return sanic

@@ -59,7 +59,7 @@ class BackupError(Exception):
 # -- backup ---------------------------------------------------------------------------
 
 
-async def backup(kibitz: Kibitz, file: Path, progress: Progress) -> dict[str, Any]:
+async def backup(app: Kibitz, file: Path, progress: Progress) -> dict[str, Any]:
     """Write the backup of the running ``kibitz`` to ``file`` (which must not exist)."""
     if await asyncio.to_thread(file.exists):
         raise BackupError(f"{file} exists already; give the name of a new file")
@@ -70,18 +70,18 @@ async def backup(kibitz: Kibitz, file: Path, progress: Progress) -> dict[str, An
         raise BackupError(f"cannot write beside {file}: {e.strerror}") from None
     try:
         parts: dict[str, dict[str, Any]] = {}
-        for name, slot in (("storage", kibitz.storage), ("transport", kibitz.transport)):
+        for name, slot in (("storage", app.storage), ("transport", app.transport)):
             if not hasattr(slot, "backup"):
-                raise BackupError(f"the {name} plugin {getattr(kibitz.settings, name)!r} cannot back up")
+                raise BackupError(f"the {name} plugin {getattr(app.settings, name)!r} cannot back up")
             total, records = await slot.backup()
             parts[name] = await _write_records(work / f"{name}.bin", records, total, name, progress)
-        parts["database"], schema = await _dump_database(kibitz, work / "database.jsonl", progress)
+        parts["database"], schema = await _dump_database(app, work / "database.jsonl", progress)
         manifest = {
             "format": FORMAT,
             "kibitz": version("kibitz"),
             "created_at": rfc3339(now_ms()),
             "schema": schema,
-            "slots": {"transport": kibitz.settings.transport, "storage": kibitz.settings.storage},
+            "slots": {"transport": app.settings.transport, "storage": app.settings.storage},
             "parts": parts,
         }
         await asyncio.to_thread(_pack, file, work, manifest)
@@ -121,9 +121,9 @@ async def _write_records(
     return {"records": count, "bytes": written, "sha256": digest.hexdigest()}
 
 
-async def _dump_database(kibitz: Kibitz, path: Path, progress: Progress) -> tuple[dict[str, Any], str]:
+async def _dump_database(app: Kibitz, path: Path, progress: Progress) -> tuple[dict[str, Any], str]:
     """Every row of every table, in one transaction (one snapshot), as JSON lines."""
-    records = database_rows(kibitz.engine)
+    records = database_rows(app.engine)
     schema = orjson.loads(await anext(records))["schema"]
     return await _write_records(path, records, 0, "database", progress), schema
 
@@ -178,30 +178,30 @@ async def restore(settings: Settings, file: Path, progress: Progress) -> dict[st
     _check_compatible(manifest, settings)
     folder = settings.data_dir.absolute()
     lock = await asyncio.to_thread(_lock_empty_folder, folder)
-    kibitz = Kibitz(settings)
+    app = Kibitz(settings)
     started: list[Any] = []
     finished = False
     try:
         await asyncio.to_thread((folder / RESTORING).write_text, f"restore of {file} not finished\n")
-        if await _database_holds_data(kibitz):
+        if await _database_holds_data(app):
             raise BackupError("the database already holds data; restore needs an empty one")
-        for name, slot in (("transport", kibitz.transport), ("storage", kibitz.storage)):
-            await slot.start(kibitz)
+        for name, slot in (("transport", app.transport), ("storage", app.storage)):
+            await slot.start(app)
             started.append(slot)
             if not await slot.is_empty():
                 raise BackupError(f"the {name} ({getattr(settings, name)}) already holds data")
         with tarfile.open(file, "r:gz") as tar:
-            await migrate(kibitz.engine, manifest["schema"])
-            await _load_database(kibitz, _records(tar, "database.jsonl"), manifest, progress)
-            await migrate(kibitz.engine)
-            for name, slot in (("storage", kibitz.storage), ("transport", kibitz.transport)):
+            await migrate(app.engine, manifest["schema"])
+            await _load_database(app, _records(tar, "database.jsonl"), manifest, progress)
+            await migrate(app.engine)
+            for name, slot in (("storage", app.storage), ("transport", app.transport)):
                 await slot.restore(_counted(_records(tar, f"{name}.bin"), name, manifest, progress))
-            end = await kibitz.transport.now()
-        async with kibitz.engine.begin() as db:  # no pushes for what was sent before the backup
+            end = await app.transport.now()
+        async with app.engine.begin() as db:  # no pushes for what was sent before the backup
             await db.execute(leases.update().where(leases.c.kind == NOTIFY_LEASE).values(high_water=end + 1))
         finished = True
     finally:
-        await _close(started, kibitz)  # the embedded servers stop before their files go
+        await _close(started, app)  # the embedded servers stop before their files go
         if finished:
             await asyncio.to_thread((folder / RESTORING).unlink)
         else:  # what the restore wrote goes, marker and all
@@ -266,8 +266,8 @@ def _check_compatible(manifest: dict[str, Any], settings: Settings) -> None:
             )
 
 
-async def _database_holds_data(kibitz: Kibitz) -> bool:
-    async with kibitz.engine.connect() as db:
+async def _database_holds_data(app: Kibitz) -> bool:
+    async with app.engine.connect() as db:
         tables = await db.run_sync(lambda sync: sa.inspect(sync).get_table_names())
         if "users" not in tables:
             return False
@@ -305,12 +305,12 @@ async def _counted(
 
 
 async def _load_database(
-    kibitz: Kibitz, records: AsyncIterator[bytes], manifest: dict[str, Any], progress: Progress
+    app: Kibitz, records: AsyncIterator[bytes], manifest: dict[str, Any], progress: Progress
 ) -> None:
     """Insert the rows, table by table; leases come back free, for any instance to take."""
     batch: list[dict[str, Any]] = []
     table = ""
-    async with kibitz.engine.begin() as db:
+    async with app.engine.begin() as db:
         async for record in _counted(records, "database", manifest, progress):
             line = orjson.loads(record)
             if line["table"] != table or len(batch) == 500:
@@ -334,12 +334,12 @@ async def _load_database(
                     )
 
 
-async def _close(started: list[Any], kibitz: Kibitz) -> None:
+async def _close(started: list[Any], app: Kibitz) -> None:
     for slot in reversed(started):
         with contextlib.suppress(Exception):
             await slot.close()
     with contextlib.suppress(Exception):
-        await kibitz.engine.dispose()
+        await app.engine.dispose()
 
 
 def _empty(folder: Path) -> None:

@@ -80,13 +80,13 @@ def serve(settings: Settings) -> int:
     except DataFolderError as e:
         print(f"kibitz: {e}", file=sys.stderr)
         return 1
-    app = create_app(settings)
-    app.after_server_start(_tune_garbage_collector)
-    app.after_server_start(_say_where)
+    sanic = create_app(settings)
+    sanic.after_server_start(_tune_garbage_collector)
+    sanic.after_server_start(_say_where)
     log = logging.getLogger("kibitz")
     log.info("starting", extra={"host": settings.host, "port": settings.port})
     try:
-        app.run(
+        sanic.run(
             host=settings.host,
             port=settings.port,
             single_process=True,
@@ -105,9 +105,9 @@ def serve(settings: Settings) -> int:
     return 0
 
 
-async def _say_where(app: DefaultSanic) -> None:
+async def _say_where(sanic: DefaultSanic) -> None:
     """One plain line for the person who started it, beside the JSON log lines."""
-    settings = app.ctx.kibitz.settings
+    settings = sanic.ctx.app.settings
     listening = f"http://{settings.host}:{settings.port}"
     public = f" (clients use {settings.url})" if settings.url != listening else ""
     signing_up = {
@@ -122,7 +122,7 @@ async def _say_where(app: DefaultSanic) -> None:
     )
 
 
-async def _tune_garbage_collector(app: DefaultSanic) -> None:
+async def _tune_garbage_collector(sanic: DefaultSanic) -> None:
     """Keep the cyclic garbage collector off the hot path (once serving, for this process).
 
     What start-up made lives as long as the process: ``gc.freeze()`` takes it out of

@@ -27,11 +27,11 @@ PAGE = 500
 
 
 async def export(
-    kibitz: Kibitz, file: Path, conversation_id: str | None, user_id: int | None, progress: Progress
+    app: Kibitz, file: Path, conversation_id: str | None, user_id: int | None, progress: Progress
 ) -> dict[str, Any]:
     """Write the export (of a conversation, or of a user's conversations) to ``file``, which
     must not exist; what was written, counted."""
-    header, conversation_ids = await _what(kibitz, conversation_id, user_id)
+    header, conversation_ids = await _what(app, conversation_id, user_id)
     try:
         out = await asyncio.to_thread(private_file, file)
     except OSError as e:
@@ -40,9 +40,9 @@ async def export(
     try:
         if header is not None:
             await asyncio.to_thread(out.write, orjson.dumps(header) + b"\n")
-        found = await kibitz.conversations.get_many(conversation_ids)
+        found = await app.conversations.get_many(conversation_ids)
         for done, cid in enumerate(sorted(found), 1):
-            written += await _conversation(kibitz, out, found[cid])
+            written += await _conversation(app, out, found[cid])
             progress("conversations", done, len(found))
     finally:
         await asyncio.to_thread(out.close)
@@ -50,22 +50,22 @@ async def export(
 
 
 async def _what(
-    kibitz: Kibitz, conversation_id: str | None, user_id: int | None
+    app: Kibitz, conversation_id: str | None, user_id: int | None
 ) -> tuple[dict[str, Any] | None, Sequence[int]]:
     """The user line (for a user's export) and the conversations to write."""
     if user_id is None:
         cid = str(conversation_id)
-        if not cid.isdigit() or await kibitz.conversations.get(int(cid)) is None:
+        if not cid.isdigit() or await app.conversations.get(int(cid)) is None:
             raise BackupError(f"there is no conversation {conversation_id!r}")
         return None, [int(cid)]
-    user = await kibitz.accounts.get(user_id)
-    async with kibitz.engine.connect() as db:
+    user = await app.accounts.get(user_id)
+    async with app.engine.connect() as db:
         mine = sa.select(members.c.conversation_id).where(members.c.user_id == user_id)
         conversation_ids = (await db.execute(mine)).scalars().all()
     return {"type": "user", "user": user.to_dict()}, conversation_ids
 
 
-async def _conversation(kibitz: Kibitz, out: IO[bytes], conversation: Conversation) -> int:
+async def _conversation(app: Kibitz, out: IO[bytes], conversation: Conversation) -> int:
     head = {
         "type": "conversation",
         "conversation": {
@@ -80,7 +80,7 @@ async def _conversation(kibitz: Kibitz, out: IO[bytes], conversation: Conversati
     await asyncio.to_thread(out.write, orjson.dumps(head) + b"\n")
     after, count = 0, 0
     while True:
-        page = await kibitz.storage.page(conversation.id, None, after, PAGE)
+        page = await app.storage.page(conversation.id, None, after, PAGE)
         if page.messages:
             lines = b"".join(b'{"type":"message","message":%s}\n' % m for m in page.messages)
             await asyncio.to_thread(out.write, lines)

@@ -40,7 +40,7 @@ hookimpl = pluggy.HookimplMarker("kibitz")
 def register_transport(name: str, settings: PluginSettings) -> Transport | None:
     """Return a Transport if ``name`` (``KIBITZ_TRANSPORT``) is yours, else None.
 
-    Called once at start-up. ``settings`` holds the ``[name]`` table of the config file
+    Called once at start-up. ``settings`` holds the ``[plugins.name]`` table of the config file
     and the ``KIBITZ_<NAME>_*`` variables. Do not connect here: connect in
     ``Transport.start(app)``. Raise ``ConfigError("<where>: <problem>")`` for bad
     settings; start-up stops with that line and exit status 2. Stops at the first
@@ -77,7 +77,7 @@ def register_routes(register: Callable[..., None], app: App) -> None:
     """Add HTTP routes: call ``register(path, handler, methods=("GET",), openapi=None)`` for each.
 
     Called once while the application is built. ``handler(request)`` is a Sanic handler
-    (async, returns a response); ``request.app.ctx.kibitz`` is the ``App`` services object
+    (async, returns a response); ``request.app.ctx.app`` is the ``App`` services object
     (``app.authenticated(request)`` is the caller). Paths must not collide with the core's
     or another plugin's: a duplicate stops start-up. ``openapi``, an operation made with
     ``kibitz.openapi_operation``, puts the route in ``/api/v1/openapi.json``. An

@@ -54,7 +54,7 @@ class KibitzProtocol(WebSocketProtocol):
 
     @property
     def _clients(self) -> Clients:
-        clients: Clients = self.app.ctx.kibitz.clients
+        clients: Clients = self.app.ctx.app.clients
         return clients
 
     # -- the cap per address ---------------------------------------------------------------

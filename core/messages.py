@@ -41,7 +41,7 @@ REPORT_ABOVE = 50_000  # log positions to catch up with before progress is shown
 class Messages:
     def __init__(
         self,
-        kibitz: Kibitz,
+        app: Kibitz,
         hooks: Hooks,
         transport: Transport,
         storage: Storage,
@@ -49,7 +49,7 @@ class Messages:
         max_chars: int,
         follower: StorageFollower,
     ) -> None:
-        self.kibitz = kibitz
+        self.app = app
         self.hooks = hooks
         self.transport = transport
         self.storage = storage
@@ -76,8 +76,8 @@ class Messages:
         """A send as the sender makes it (HTTP, WebSocket, a plugin's ``App.post``): the body's
         limits, membership (404 otherwise), the sender's rate limit, then ``send``."""
         self.check_body(body)
-        conversation = await self.kibitz.conversations.of_member(conversation_id, sender.id)
-        self.kibitz.rate_limits.send(sender.id)
+        conversation = await self.app.conversations.of_member(conversation_id, sender.id)
+        self.app.rate_limits.send(sender.id)
         return await self.send(sender, conversation, body, client_msg_id, turn)
 
     async def send(
@@ -117,7 +117,7 @@ class Messages:
         existing = await self._find_sent(sender.id, client_msg_id)
         if existing is not None:
             return Message.from_json(existing), existing, False
-        full = self.kibitz.disk.problem()
+        full = self.app.disk.problem()
         if full is not None:  # refused before anything is written (kibitz.disk)
             raise Unavailable(full, retry_after=30)
         message, data = await self._accept(sender, conversation, body, client_msg_id, turn)
@@ -157,7 +157,7 @@ class Messages:
         draft = Draft(conversation.id, sender.id, body, client_msg_id)
         wrappers = self.hooks.send_wrappers()
         try:
-            await wrappers.before(draft=draft, sender=sender, conversation=conversation, app=self.kibitz)
+            await wrappers.before(draft=draft, sender=sender, conversation=conversation, app=self.app)
         except Rejected as e:
             raise Forbidden(e.reason) from None
         try:
@@ -200,15 +200,15 @@ class Messages:
             self._mark_uncertain(sender.id, client_msg_id)
             log.warning("storage_append_failed", extra={"error": f"{type(e).__name__}: {e}"})
             raise Unavailable("history storage did not answer; retry with the same client_msg_id") from None
-        self.kibitz.metrics.accepted(time.time() - now)
+        self.app.metrics.accepted(time.time() - now)
         # Beside the send path; shutdown waits for it (``Kibitz.tasks``).
-        self.kibitz.tasks.spawn(self._accepted(wrappers, message, conversation), name="message-accepted")
+        self.app.tasks.spawn(self._accepted(wrappers, message, conversation), name="message-accepted")
         return message, data
 
     async def _accepted(self, wrappers: SendWrappers, message: Message, conversation: Conversation) -> None:
         await wrappers.after(message)
         await self.hooks.call_each(
-            "message_accepted", message=message, conversation=conversation, app=self.kibitz
+            "message_accepted", message=message, conversation=conversation, app=self.app
         )
 
     async def drain(self) -> None:

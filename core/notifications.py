@@ -45,8 +45,8 @@ async def _reachable(notifier: Notifier, user_ids: list[int]) -> set[int]:
 
 
 class NotificationFollower:
-    def __init__(self, kibitz: Kibitz) -> None:
-        self.kibitz = kibitz
+    def __init__(self, app: Kibitz) -> None:
+        self.app = app
         self._task: asyncio.Task[None] | None = None
         self._lease: Lease | None = None
 
@@ -61,12 +61,12 @@ class NotificationFollower:
                 await self._task
         if self._lease is not None:
             with contextlib.suppress(Exception):
-                await self.kibitz.leases.release(self._lease)
+                await self.app.leases.release(self._lease)
             self._lease = None
 
     async def _run(self) -> None:
         """Take the lease when it is free; follow the log while it is held."""
-        leases = self.kibitz.leases
+        leases = self.app.leases
         while True:
             try:
                 lease = await leases.acquire(LEASE_KIND, 1, LEASE_TTL)
@@ -93,46 +93,46 @@ class NotificationFollower:
         The lease's ``high_water`` is the position after the last one notified (0: none
         ever was, so start at the end of the log).
         """
-        kibitz = self.kibitz
-        position = lease.high_water - 1 if lease.high_water else await kibitz.transport.now()
+        app = self.app
+        position = lease.high_water - 1 if lease.high_water else await app.transport.now()
         loop = asyncio.get_running_loop()
         renewed = 0.0
         while True:
             if loop.time() - renewed > LEASE_TTL / 3 or position + 1 > lease.high_water:
-                if not await kibitz.leases.renew(lease, position + 1):
+                if not await app.leases.renew(lease, position + 1):
                     log.warning("notify_lease_lost")
                     return
                 lease.high_water, renewed = position + 1, loop.time()
-            kibitz.hub.log_grew.clear()
-            records = await kibitz.transport.messages(position, BATCH)
+            app.hub.log_grew.clear()
+            records = await app.transport.messages(position, BATCH)
             if not records:
                 # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow the
                 # cancellation that stop() sends if the event is set in the same moment.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(IDLE_WAIT):
-                        await kibitz.hub.log_grew.wait()
+                        await app.hub.log_grew.wait()
                 continue
             await self._notify_all([data for _, data in records])
             position = records[-1][0]
 
     async def _notify_all(self, records: list[bytes]) -> None:
         """Notify a batch: one presence look-up for all its members, then each message."""
-        kibitz = self.kibitz
+        app = self.app
         messages = []
         for data in records:
             try:
                 messages.append(Message.from_json(data))
             except (ValueError, KeyError, TypeError) as e:  # not a message: pass over it
                 log.error("record_unreadable", extra={"error": f"{type(e).__name__}: {e}"})
-        conversations = await kibitz.conversations.get_many(list({m.conversation_id for m in messages}))
+        conversations = await app.conversations.get_many(list({m.conversation_id for m in messages}))
         owed = [
             (message, conversation, [u for u in conversation.members if u != message.sender_id])
             for message in messages
             if (conversation := conversations.get(message.conversation_id)) is not None
         ]
         members = list({u for _, _, others in owed for u in others})
-        reachable = [await _reachable(notifier, members) for notifier in kibitz.notifiers]
-        live = await kibitz.presence.live(list(set().union(*reachable)))
+        reachable = [await _reachable(notifier, members) for notifier in app.notifiers]
+        live = await app.presence.live(list(set().union(*reachable)))
         turns = asyncio.Semaphore(AT_ONCE)
 
         async def notify(
@@ -147,7 +147,7 @@ class NotificationFollower:
         await asyncio.gather(
             *(
                 notify(notifier, message, conversation, offline)
-                for notifier, can in zip(kibitz.notifiers, reachable, strict=True)
+                for notifier, can in zip(app.notifiers, reachable, strict=True)
                 for message, conversation, others in owed
                 if (offline := [u for u in others if u in can and u not in live])
             )

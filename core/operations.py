@@ -67,19 +67,19 @@ async def handle_error(request: Request, exception: Exception) -> HTTPResponse:
     return error_response(500, "internal_error", "the server failed to answer; this has been logged")
 
 
-async def readiness_problem(kibitz: Kibitz) -> str | None:
+async def readiness_problem(app: Kibitz) -> str | None:
     """The name of the first backing service that does not answer, or None when all do."""
-    if not kibitz.ready:
+    if not app.ready:
         return "kibitz (starting or stopping)"
 
     async def database() -> None:
-        async with kibitz.engine.connect() as db:
+        async with app.engine.connect() as db:
             await db.execute(sa.text("SELECT 1"))
 
     checks = [
         ("database", database),
-        (f"transport {kibitz.settings.transport}", kibitz.transport.check),
-        (f"storage {kibitz.settings.storage}", kibitz.storage.check),
+        (f"transport {app.settings.transport}", app.transport.check),
+        (f"storage {app.settings.storage}", app.storage.check),
     ]
     for name, check in checks:
         try:
@@ -89,34 +89,34 @@ async def readiness_problem(kibitz: Kibitz) -> str | None:
     return None
 
 
-def register(app: DefaultSanic, kibitz: Kibitz) -> None:
-    app.error_handler.add(Exception, handle_error)
+def register(sanic: DefaultSanic, app: Kibitz) -> None:
+    sanic.error_handler.add(Exception, handle_error)
 
     async def healthz(request: Request) -> HTTPResponse:
         return json({"status": "ok"})
 
     async def readyz(request: Request) -> HTTPResponse:
-        problem = await readiness_problem(kibitz)
+        problem = await readiness_problem(app)
         if problem:
             return error_response(503, "unavailable", f"not ready: {problem}")
         # A nearly full disk is reported, not made a failure: the instance still serves
         # reads, and a health check that restarts it would not free any space.
-        full = kibitz.disk.problem()
+        full = app.disk.problem()
         warnings = [full] if full else []
-        return json({"status": "ready", "disk_free_bytes": kibitz.disk.free, "warnings": warnings})
+        return json({"status": "ready", "disk_free_bytes": app.disk.free, "warnings": warnings})
 
     async def metrics(request: Request) -> HTTPResponse:
-        return raw(kibitz.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+        return raw(app.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def discovery(request: Request) -> HTTPResponse:
-        me = {"id": kibitz.instance_id, "url": kibitz.settings.url, "connections": kibitz.hub.count}
-        return json({"servers": [me], "recommended": me["url"], "registration": kibitz.settings.registration})
+        me = {"id": app.instance_id, "url": app.settings.url, "connections": app.hub.count}
+        return json({"servers": [me], "recommended": me["url"], "registration": app.settings.registration})
 
     async def openapi(request: Request) -> HTTPResponse:
-        return json(openapi_document(kibitz.openapi_paths))  # plugins' routes are registered after this
+        return json(openapi_document(app.openapi_paths))  # plugins' routes are registered after this
 
-    app.add_route(healthz, "/healthz", methods=["GET"], name="healthz")
-    app.add_route(readyz, "/readyz", methods=["GET"], name="readyz")
-    app.add_route(metrics, "/metrics", methods=["GET"], name="metrics")
-    app.add_route(discovery, PREFIX + "/discovery", methods=["GET"], name="discovery")
-    app.add_route(openapi, PREFIX + "/openapi.json", methods=["GET"], name="openapi")
+    sanic.add_route(healthz, "/healthz", methods=["GET"], name="healthz")
+    sanic.add_route(readyz, "/readyz", methods=["GET"], name="readyz")
+    sanic.add_route(metrics, "/metrics", methods=["GET"], name="metrics")
+    sanic.add_route(discovery, PREFIX + "/discovery", methods=["GET"], name="discovery")
+    sanic.add_route(openapi, PREFIX + "/openapi.json", methods=["GET"], name="openapi")

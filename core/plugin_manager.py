@@ -88,7 +88,7 @@ def create_plugin_manager(settings: Settings, extra: Iterable[object] = ()) -> p
 
 def _configured(module: Any, name: str, settings: Settings) -> object:
     """What an extension plugin registers: the object its ``create_plugin(settings)`` makes
-    from its ``[name]`` table (checked there: a bad value raises ``ConfigError``), else the
+    from its ``[plugins.name]`` table (checked there: a bad value raises ``ConfigError``), else the
     module itself."""
     factory = getattr(module, "create_plugin", None)
     if factory is None or name not in settings.plugins:

@@ -58,7 +58,7 @@ def parse(settings: PluginSettings, schema: type[S]) -> S:
     except msgspec.ValidationError as e:
         found = re.search(r" - at `\$\.(\w+)[^`]*`", str(e))  # `$.key` or `$.key[0]`
         if found is None:
-            raise ConfigError(f"[{settings.plugin}]: {e}") from None
+            raise ConfigError(f"{settings.heading}: {e}") from None
         key = found.group(1)
         problem = re.sub(r"^Expected `(\w+)`, got `\w+`$", r"not a valid \1", str(e)[: found.start()])
         raise ConfigError(f"{settings.source(key)}={settings.get(key)!r}: {problem}") from None

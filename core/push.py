@@ -159,26 +159,28 @@ class Push:
 
 
 async def vapid_key(request: Request) -> HTTPResponse:
-    return json({"public_key": request.app.ctx.kibitz.push.public_key})
+    return json({"public_key": request.app.ctx.app.push.public_key})
 
 
 async def add_subscription(request: Request) -> HTTPResponse:
-    kibitz: Kibitz = request.app.ctx.kibitz
+    app: Kibitz = request.app.ctx.app
     _, device = await authenticate(request)
-    await kibitz.push.subscribe(device, decode(request.body, NewPushSubscription))
+    await app.push.subscribe(device, decode(request.body, NewPushSubscription))
     return empty(201)
 
 
 async def remove_subscription(request: Request) -> HTTPResponse:
-    kibitz: Kibitz = request.app.ctx.kibitz
+    app: Kibitz = request.app.ctx.app
     _, device = await authenticate(request)
-    await kibitz.push.unsubscribe(device, decode(request.body, GonePushSubscription).endpoint)
+    await app.push.unsubscribe(device, decode(request.body, GonePushSubscription).endpoint)
     return empty(204)
 
 
-def register(app: DefaultSanic) -> None:
-    app.add_route(vapid_key, PREFIX + "/push/vapid-key", methods=["GET"], name="vapid_key")
-    app.add_route(add_subscription, PREFIX + "/push/subscriptions", methods=["POST"], name="add_subscription")
-    app.add_route(
+def register(sanic: DefaultSanic) -> None:
+    sanic.add_route(vapid_key, PREFIX + "/push/vapid-key", methods=["GET"], name="vapid_key")
+    sanic.add_route(
+        add_subscription, PREFIX + "/push/subscriptions", methods=["POST"], name="add_subscription"
+    )
+    sanic.add_route(
         remove_subscription, PREFIX + "/push/subscriptions", methods=["DELETE"], name="remove_subscription"
     )

@@ -1,9 +1,11 @@
 """Configuration: a TOML file, each key overridable by an environment variable.
 
 Core keys sit at the top level of the file (``port = 8000``) and are overridden by
-``KIBITZ_<KEY>`` (``KIBITZ_PORT``). A plugin's keys sit in a table named after it
-(``[nats] url = "..."``) and are overridden by ``KIBITZ_<PLUGIN>_<KEY>``
-(``KIBITZ_NATS_URL``). Bad values raise ``ConfigError`` naming where they came from.
+``KIBITZ_<KEY>`` (``KIBITZ_PORT``). A plugin's keys sit in its table, ``[plugins.nats]``
+(or, shorter, ``[nats]``), and are overridden by ``KIBITZ_<PLUGIN>_<KEY>``
+(``KIBITZ_NATS_URL``). The extensions to enable are ``plugins = [...]`` at the top, or
+``enabled = [...]`` under ``[plugins]`` in a file that has ``[plugins.NAME]`` tables
+(TOML cannot have both). Bad values raise ``ConfigError`` naming where they came from.
 
 A table that names no installed plugin is refused; a ``KIBITZ_*`` variable that is no
 setting is kept in ``Settings.warnings`` (an environment holds much that is not ours).
@@ -48,11 +50,14 @@ class PluginSettings(Mapping[str, Any]):
     which name the source of a bad value in the ``ConfigError``.
     """
 
-    def __init__(self, plugin: str, table: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+    def __init__(
+        self, plugin: str, table: Mapping[str, Any], environ: Mapping[str, str], heading: str = ""
+    ) -> None:
         self.plugin = plugin
+        self.heading = heading or f"[{plugin}]"  # where the table is: [plugins.nats] or [nats]
         prefix = f"KIBITZ_{plugin.upper()}_"
         self._values = dict(table)
-        self._sources = {key: f"[{plugin}] {key}" for key in table}
+        self._sources = {key: f"{self.heading} {key}" for key in table}
         self._read: set[str] = set()
         for name, value in environ.items():
             if name in CORE_VARIABLES:  # KIBITZ_LOG_LEVEL is the core's, not the "log" plugin's
@@ -89,7 +94,7 @@ class PluginSettings(Mapping[str, Any]):
         return len(self._values)
 
     def source(self, key: str) -> str:
-        return self._sources.get(key, f"[{self.plugin}] {key}")
+        return self._sources.get(key, f"{self.heading} {key}")
 
     def integer(self, key: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
         return _integer(self.source(key), self.get(key, default), minimum, maximum)
@@ -135,12 +140,13 @@ class Settings:
     pre_send_failure: str = "open"  # a wrap_send that fails: "open" lets the message pass
     log_level: str = "INFO"
     tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    headings: Mapping[str, str] = field(default_factory=dict)  # plugin -> "[plugins.x]" or "[x]"
     environ: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # settings that were given but mean nothing (likely typos)
 
     def plugin(self, name: str) -> PluginSettings:
         """The settings of plugin ``name``."""
-        return PluginSettings(name, self.tables.get(name, {}), self.environ)
+        return PluginSettings(name, self.tables.get(name, {}), self.environ, self.headings.get(name, ""))
 
     @property
     def url(self) -> str:
@@ -152,7 +158,7 @@ class Settings:
         return self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'kibitz.sqlite3').resolve()}"
 
 
-_NOT_SETTINGS = {"tables", "environ", "warnings"}
+_NOT_SETTINGS = {"tables", "headings", "environ", "warnings"}
 CORE_VARIABLES = {
     f"KIBITZ_{key.upper()}" for key in Settings.__dataclass_fields__ if key not in _NOT_SETTINGS
 } | {"KIBITZ_CONFIG"}
@@ -176,18 +182,8 @@ def load_settings(config: str | None = None, environ: Mapping[str, str] | None =
             raise ConfigError(f"config file {path}: {e.strerror}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path}: {e}") from None
-    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
-    top = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    known = set(Settings.__dataclass_fields__) - _NOT_SETTINGS
-    for key in top:
-        if key not in known:
-            raise ConfigError(f"config file {path}: unknown key {key!r}{did_you_mean(key, known)}")
     plugin_names = {ep.name for ep in entry_points(group="kibitz")}
-    for key in tables:
-        if key not in plugin_names:
-            raise ConfigError(
-                f"config file {path}: [{key}] is no installed plugin's table{did_you_mean(key, plugin_names)}"
-            )
+    top, tables, headings = _split_file(path, data, plugin_names)
 
     def get(key: str, default: Any) -> tuple[str, Any]:
         name = f"KIBITZ_{key.upper()}"
@@ -241,8 +237,51 @@ def load_settings(config: str | None = None, environ: Mapping[str, str] | None =
     values["public_url"] = values["public_url"].rstrip("/")
     active = {values["transport"], values["storage"], values["ids"], *values["notify"], *values["plugins"]}
     return Settings(
-        **values, tables=tables, environ=env, warnings=_unknown_variables(env, plugin_names, active)
+        **values,
+        tables=tables,
+        headings=headings,
+        environ=env,
+        warnings=_unknown_variables(env, plugin_names, active),
     )
+
+
+def _split_file(
+    path: str | None, data: dict[str, Any], plugin_names: set[str]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, str]]:
+    """The file's core keys, its plugin tables by plugin, and each table's heading.
+
+    ``[plugins.NAME]`` and ``[NAME]`` are the same table (giving both is an error); under
+    ``[plugins]`` itself, ``enabled`` is the list of extensions, the core's ``plugins``.
+    """
+    top = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    found = [(f"[{k}]", k, v) for k, v in data.items() if isinstance(v, dict) and k != "plugins"]
+    section = data.get("plugins")
+    if isinstance(section, dict):
+        for key, value in section.items():
+            if isinstance(value, dict):
+                found.append((f"[plugins.{key}]", key, value))
+            elif key == "enabled":
+                top["plugins"] = value
+            else:
+                raise ConfigError(
+                    f"config file {path}: [plugins] {key}: only enabled = [...] and [plugins.NAME] tables"
+                )
+    known = set(Settings.__dataclass_fields__) - _NOT_SETTINGS
+    for key in top:
+        if key not in known:
+            raise ConfigError(f"config file {path}: unknown key {key!r}{did_you_mean(key, known)}")
+    tables: dict[str, dict[str, Any]] = {}
+    headings: dict[str, str] = {}
+    for heading, name, table in found:
+        if name not in plugin_names:
+            hint = did_you_mean(name, plugin_names)
+            raise ConfigError(f"config file {path}: {heading} is no installed plugin's table{hint}")
+        if name in tables:
+            raise ConfigError(
+                f"config file {path}: {heading} and {headings[name]} are the same table; keep one"
+            )
+        tables[name], headings[name] = table, heading
+    return top, tables, headings
 
 
 def _unknown_variables(env: Mapping[str, str], plugins: set[str], active: set[str]) -> tuple[str, ...]:

@@ -80,7 +80,7 @@ def load_assets() -> tuple[str, dict[str, Asset]]:
     return version, assets
 
 
-def register(app: DefaultSanic) -> None:
+def register(sanic: DefaultSanic) -> None:
     version, assets = load_assets()
 
     def answer(request: Request, path: str, cache: str) -> HTTPResponse:
@@ -105,6 +105,6 @@ def register(app: DefaultSanic) -> None:
             raise NotFound("not a file of this release")  # a page of an older release: reload
         return answer(request, path, FOREVER)
 
-    app.add_route(page, "/", methods=["GET"], name="web_page")
-    app.add_route(service_worker, "/sw.js", methods=["GET"], name="web_service_worker")
-    app.add_route(asset, "/web/<release>/<path:path>", methods=["GET"], name="web_asset")
+    sanic.add_route(page, "/", methods=["GET"], name="web_page")
+    sanic.add_route(service_worker, "/sw.js", methods=["GET"], name="web_service_worker")
+    sanic.add_route(asset, "/web/<release>/<path:path>", methods=["GET"], name="web_asset")

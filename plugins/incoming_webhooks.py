@@ -94,7 +94,7 @@ async def startup(app: App) -> None:
 
 async def create(request: Request, cid: str) -> HTTPResponse:
     """A new webhook of the group, its bot a member; the URL with its secret, shown this once."""
-    app: App = request.app.ctx.kibitz
+    app: App = request.app.ctx.app
     user = await app.authenticated(request)
     conversation = await _of_member(app, cid, user)
     name = decode(request.body, NewWebhook).name.strip()
@@ -116,7 +116,7 @@ async def create(request: Request, cid: str) -> HTTPResponse:
 
 
 async def listing(request: Request, cid: str) -> HTTPResponse:
-    app: App = request.app.ctx.kibitz
+    app: App = request.app.ctx.app
     conversation = await _of_member(app, cid, await app.authenticated(request))
     query = sa.select(webhooks).where(webhooks.c.conversation_id == conversation.id).order_by(webhooks.c.id)
     async with app.engine.connect() as db:
@@ -125,7 +125,7 @@ async def listing(request: Request, cid: str) -> HTTPResponse:
 
 
 async def revoke(request: Request, cid: str, hook_id: str) -> HTTPResponse:
-    app: App = request.app.ctx.kibitz
+    app: App = request.app.ctx.app
     conversation = await _of_member(app, cid, await app.authenticated(request))
     mine = webhooks.c.id == path_id(hook_id, "webhook"), webhooks.c.conversation_id == conversation.id
     async with app.engine.begin() as db:
@@ -137,7 +137,7 @@ async def revoke(request: Request, cid: str, hook_id: str) -> HTTPResponse:
 
 async def post(request: Request, hook_id: str, secret: str) -> HTTPResponse:
     """Post the body's text as the webhook's bot. No token: the secret in the path is the key."""
-    app: App = request.app.ctx.kibitz
+    app: App = request.app.ctx.app
     query = sa.select(webhooks.c.conversation_id, webhooks.c.bot_id).where(
         webhooks.c.id == path_id(hook_id, "webhook"), webhooks.c.secret_hash == _hash(secret)
     )

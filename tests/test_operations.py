@@ -340,5 +340,5 @@ def test_every_route_the_server_has_is_in_openapi(tmp_path: Path, plugins: str) 
         for method in route.methods
         if method not in ("HEAD", "OPTIONS")
     }
-    undocumented = routes - documented_calls(openapi_document(app.ctx.kibitz.openapi_paths))
+    undocumented = routes - documented_calls(openapi_document(app.ctx.app.openapi_paths))
     assert not undocumented, f"routes missing from openapi.json: {sorted(undocumented)}"

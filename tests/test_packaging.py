@@ -25,7 +25,7 @@ from kibitz.settings import PluginSettings, Settings, load_settings
 
 PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
 EXAMPLE = PACKAGING / "kibitz.example.toml"
-NOT_SETTINGS = {"tables", "environ", "warnings"}
+NOT_SETTINGS = {"tables", "headings", "environ", "warnings"}
 # The built-in plugins that read settings, and the hook that makes each.
 PLUGIN_HOOKS = {
     "nats": "register_transport",

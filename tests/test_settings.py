@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,41 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     nats = settings.plugin("nats")
     assert nats.duration("retention_age", "30d") == 86400
     assert nats.source("retention_age") == "KIBITZ_NATS_RETENTION_AGE"
+
+
+def test_plugin_tables_under_plugins(tmp_path: Path) -> None:
+    """``[plugins.NAME]`` is the plugin's table, and ``[plugins] enabled`` the extensions."""
+    config = tmp_path / "kibitz.toml"
+    config.write_text(
+        'port = 9000\n[plugins]\nenabled = ["moderation", "commands"]\n'
+        '[plugins.moderation]\nwords = ["darn"]\n[plugins.nats]\nretention_age = "7d"\n'
+    )
+    settings = load_settings(str(config), {})
+    assert settings.plugins == ("moderation", "commands")
+    assert settings.plugin("moderation")["words"] == ["darn"]
+    assert settings.plugin("nats").duration("retention_age", "30d") == 7 * 86400
+    assert settings.plugin("nats").source("retention_age") == "[plugins.nats] retention_age"
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (
+            '[plugins.nats]\nurl = "embedded"\n[nats]\nurl = "embedded"\n',
+            "[plugins.nats] and [nats] are the same",
+        ),
+        (
+            "[plugins.moderatoin]\nwords = []\n",
+            "[plugins.moderatoin] is no installed plugin's table; did you mean",
+        ),
+        ('[plugins]\nenable = ["commands"]\n', "[plugins] enable: only enabled = [...]"),
+    ],
+)
+def test_bad_plugin_tables_are_refused(tmp_path: Path, text: str, error: str) -> None:
+    config = tmp_path / "kibitz.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        load_settings(str(config), {})
 
 
 def test_core_variables_are_not_a_plugins_settings() -> None:

@@ -53,11 +53,11 @@ class Keepalive:
                 except Exception:
                     log.exception("keepalive_ping_failed")
 
-    async def start(self, app: DefaultSanic) -> None:
+    async def start(self, sanic: DefaultSanic) -> None:
         """Sanic listener: after the server starts."""
         self.task = asyncio.create_task(self.run(), name="websocket-keepalive")
 
-    async def stop(self, app: DefaultSanic) -> None:
+    async def stop(self, sanic: DefaultSanic) -> None:
         """Sanic listener: before the server stops."""
         if self.task is not None:
             self.task.cancel()

@@ -36,39 +36,39 @@ class Backlog:
         self.has_more = has_more
 
 
-async def read_backlog(kibitz: Kibitz, user_id: int, after: int, limit: int) -> Backlog:
+async def read_backlog(app: Kibitz, user_id: int, after: int, limit: int) -> Backlog:
     """Up to ``limit`` events after ``after``; raise ``CursorExpired`` if retention dropped some."""
-    live_position = kibitz.hub.position
-    events, has_more = await kibitz.transport.read(user_id, after, limit)
+    live_position = app.hub.position
+    events, has_more = await app.transport.read(user_id, after, limit)
     position = events[-1][0] if events else after
     if not has_more:
         position = max(position, live_position)
     return Backlog(events, position, has_more)
 
 
-def decode_cursor(kibitz: Kibitz, user: User, cursor: str) -> int:
-    position = kibitz.cursors.decode(user.id, cursor)
+def decode_cursor(app: Kibitz, user: User, cursor: str) -> int:
+    position = app.cursors.decode(user.id, cursor)
     if position is None:
         raise InvalidRequest("since: not a cursor this server issued")
     return position
 
 
 async def sync(request: Request) -> HTTPResponse:
-    kibitz = request.app.ctx.kibitz
+    app = request.app.ctx.app
     user, device = await authenticate(request)
     timeout = int_query(request, "timeout", 0, 0, MAX_TIMEOUT)
     limit = int_query(request, "limit", 100, 1, MAX_LIMIT)
     since = query(request, "since")
     if since is None:
-        now = await kibitz.transport.now()
-        return _answer(kibitz, user, Backlog([], now, False))
-    after = decode_cursor(kibitz, user, since)
-    poll = kibitz.hub.start_poll(user.id, device.id) if timeout else None
+        now = await app.transport.now()
+        return _answer(app, user, Backlog([], now, False))
+    after = decode_cursor(app, user, since)
+    poll = app.hub.start_poll(user.id, device.id) if timeout else None
     try:
         if poll is not None:
-            await kibitz.presence.arrived(user.id)  # counted at once, so the finally block undoes it
-        backlog = await read_backlog(kibitz, user.id, after, limit)
-        if poll is not None and not backlog.events and not kibitz.stopping.is_set():
+            await app.presence.arrived(user.id)  # counted at once, so the finally block undoes it
+        backlog = await read_backlog(app, user.id, after, limit)
+        if poll is not None and not backlog.events and not app.stopping.is_set():
             # Nothing after the cursor up to the end of the log: every event of the user
             # from here on reaches the poll through the live feed, so answer with those.
             with contextlib.suppress(TimeoutError):
@@ -82,15 +82,15 @@ async def sync(request: Request) -> HTTPResponse:
         raise CursorGone("the cursor is older than the event retention; reload history") from None
     finally:
         if poll is not None:
-            kibitz.hub.end_poll(user.id, poll)
-            kibitz.presence.left(user.id, POLL_GRACE)
+            app.hub.end_poll(user.id, poll)
+            app.presence.left(user.id, POLL_GRACE)
     if poll is not None and poll.revoked:  # the device logged out while its poll was held
         raise Unauthorized("the token was revoked")
-    return _answer(kibitz, user, backlog)
+    return _answer(app, user, backlog)
 
 
-def _answer(kibitz: Kibitz, user: User, backlog: Backlog) -> HTTPResponse:
-    cursor = kibitz.cursors.encode(user.id, backlog.cursor_position)
+def _answer(app: Kibitz, user: User, backlog: Backlog) -> HTTPResponse:
+    cursor = app.cursors.encode(user.id, backlog.cursor_position)
     body = (
         b'{"events":['
         + b",".join(event for _, event in backlog.events)
@@ -103,5 +103,5 @@ def _answer(kibitz: Kibitz, user: User, backlog: Backlog) -> HTTPResponse:
     return json(body)
 
 
-def register(app: DefaultSanic) -> None:
-    app.add_route(sync, PREFIX + "/sync", methods=["GET"], name="sync")
+def register(sanic: DefaultSanic) -> None:
+    sanic.add_route(sync, PREFIX + "/sync", methods=["GET"], name="sync")

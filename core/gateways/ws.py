@@ -62,9 +62,9 @@ CLOSE_TOO_MANY = 4429
 class Connection:
     """One live WebSocket of one device: what the hub delivers to."""
 
-    def __init__(self, ws: WebsocketImplProtocol, kibitz: Kibitz, user: User, device: Device) -> None:
+    def __init__(self, ws: WebsocketImplProtocol, app: Kibitz, user: User, device: Device) -> None:
         self.ws = ws
-        self.kibitz = kibitz
+        self.app = app
         self.user = user
         self.user_id = user.id
         self.device_id = device.id
@@ -101,7 +101,7 @@ class Connection:
     # -- writing ------------------------------------------------------------------------
 
     def event_frame(self, position: int, event: bytes) -> bytes:
-        cursor = self.kibitz.cursors.encode(self.user_id, position)
+        cursor = self.app.cursors.encode(self.user_id, position)
         return b'{"type":"event","event":' + event + b',"cursor":"' + cursor.encode() + b'"}'
 
     def put(self, frame: bytes) -> None:
@@ -118,7 +118,7 @@ class Connection:
         with contextlib.suppress(asyncio.QueueFull):
             self.queue.put_nowait((code, reason))
         if self.queue.full():  # no room even for the close: close now
-            self.kibitz.tasks.spawn(self.ws.close(code, reason))
+            self.app.tasks.spawn(self.ws.close(code, reason))
 
     async def write_loop(self) -> None:
         """Write the queued frames, all that are waiting in one system call, until a close."""
@@ -157,7 +157,7 @@ class Connection:
         backlog = first
         while True:
             if backlog is None:
-                backlog = await read_backlog(self.kibitz, self.user_id, position, REPLAY_PAGE)
+                backlog = await read_backlog(self.app, self.user_id, position, REPLAY_PAGE)
             for event_position, event in backlog.events:
                 await self.queue.put(self.event_frame(event_position, event))
                 position = event_position
@@ -172,56 +172,56 @@ class Connection:
 
 
 async def websocket(request: Request, ws: WebsocketImplProtocol) -> None:
-    kibitz: Kibitz = request.app.ctx.kibitz
+    app: Kibitz = request.app.ctx.app
     keepalive: Keepalive = request.app.ctx.keepalive
-    hello = await _hello(ws, kibitz)
+    hello = await _hello(ws, app)
     if hello is None:
         return
     user, device, since = hello
-    if kibitz.rate_limits.enabled and len(kibitz.hub.connections.get(user.id, ())) >= MAX_SOCKETS_PER_USER:
+    if app.rate_limits.enabled and len(app.hub.connections.get(user.id, ())) >= MAX_SOCKETS_PER_USER:
         await ws.close(CLOSE_TOO_MANY, f"this user has {MAX_SOCKETS_PER_USER} WebSockets open; close one")
         return
-    connection = Connection(ws, kibitz, user, device)
-    kibitz.hub.add(connection)
-    if kibitz.hub.was_revoked(device.id):  # logged out between the token check and now
-        kibitz.hub.remove(connection)
+    connection = Connection(ws, app, user, device)
+    app.hub.add(connection)
+    if app.hub.was_revoked(device.id):  # logged out between the token check and now
+        app.hub.remove(connection)
         await ws.close(CLOSE_UNAUTHORIZED, "token revoked")
         return
     keepalive.add(ws)
     writer: asyncio.Task[None] | None = None
     try:
-        await kibitz.presence.arrived(user.id)  # counted at once, so the finally block undoes it
+        await app.presence.arrived(user.id)  # counted at once, so the finally block undoes it
         first: Backlog | None = None
         if since is None:
-            start = max(await kibitz.transport.now(), kibitz.hub.position)
+            start = max(await app.transport.now(), app.hub.position)
         else:
             start = since
             try:
-                first = await read_backlog(kibitz, user.id, since, REPLAY_PAGE)
+                first = await read_backlog(app, user.id, since, REPLAY_PAGE)
             except CursorExpired:
                 await ws.close(
                     CLOSE_CURSOR_EXPIRED, "cursor expired; reload history, then connect without since"
                 )
                 return
-        ready = {"type": "ready", "user": user.to_dict(), "cursor": kibitz.cursors.encode(user.id, start)}
+        ready = {"type": "ready", "user": user.to_dict(), "cursor": app.cursors.encode(user.id, start)}
         await ws.send(orjson.dumps(ready).decode())
         writer = asyncio.create_task(connection.write_loop())
-        kibitz.tasks.spawn(kibitz.hooks.call_each("connection_opened", user=user, device=device, app=kibitz))
+        app.tasks.spawn(app.hooks.call_each("connection_opened", user=user, device=device, app=app))
         await connection.replay(start, first)
-        await _read_loop(ws, connection, kibitz)
+        await _read_loop(ws, connection, app)
     except (ConnectionClosed, asyncio.CancelledError):
         pass
     finally:
-        kibitz.hub.remove(connection)
+        app.hub.remove(connection)
         connection.ended.set()
-        kibitz.presence.left(user.id)
+        app.presence.left(user.id)
         keepalive.remove(ws)
         if writer is not None:
             writer.cancel()
-        kibitz.tasks.spawn(kibitz.hooks.call_each("connection_closed", user=user, device=device, app=kibitz))
+        app.tasks.spawn(app.hooks.call_each("connection_closed", user=user, device=device, app=app))
 
 
-async def _hello(ws: WebsocketImplProtocol, kibitz: Kibitz) -> tuple[User, Device, int | None] | None:
+async def _hello(ws: WebsocketImplProtocol, app: Kibitz) -> tuple[User, Device, int | None] | None:
     """Read and check the ``hello`` frame; close the socket and return None if it fails."""
     try:
         data = await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT)
@@ -238,27 +238,27 @@ async def _hello(ws: WebsocketImplProtocol, kibitz: Kibitz) -> tuple[User, Devic
     if not isinstance(hello, Hello):
         await ws.close(CLOSE_UNAUTHORIZED, "the first frame must be a hello with a token")
         return None
-    found = await kibitz.accounts.authenticate(hello.token)
+    found = await app.accounts.authenticate(hello.token)
     if found is None:
         await ws.close(CLOSE_UNAUTHORIZED, "unknown or revoked token")
         return None
     user, device = found
     if hello.since is None:
         return user, device, None
-    position = kibitz.cursors.decode(user.id, hello.since)
+    position = app.cursors.decode(user.id, hello.since)
     if position is None:
         await ws.close(CLOSE_BAD_CURSOR, "since: not a cursor this server issued")
         return None
     return user, device, position
 
 
-async def _read_loop(ws: WebsocketImplProtocol, connection: Connection, kibitz: Kibitz) -> None:
+async def _read_loop(ws: WebsocketImplProtocol, connection: Connection, app: Kibitz) -> None:
     """Answer each frame; sends run at once (up to ``SENDS_IN_FLIGHT``), in frame order.
 
     Frames beyond the connection's allowance (``RateLimits.frames``) are answered
     ``rate_limited`` and dropped; a client that goes on for a whole burst more is closed (1008).
     """
-    allowance = kibitz.rate_limits.frames()
+    allowance = app.rate_limits.frames()
     while True:
         data = await ws.recv()
         if data is None:
@@ -280,19 +280,19 @@ async def _read_loop(ws: WebsocketImplProtocol, connection: Connection, kibitz: 
             connection.put(_error(e.code, e.message, _msg_id(data)))
             continue
         if not isinstance(frame, Send):
-            await _answer(frame, connection, kibitz)
+            await _answer(frame, connection, app)
             continue
         await connection.sends.acquire()
-        kibitz.tasks.spawn(_answer(frame, connection, kibitz)).add_done_callback(
+        app.tasks.spawn(_answer(frame, connection, app)).add_done_callback(
             lambda _: connection.sends.release()
         )
 
 
-async def _answer(frame: Frame, connection: Connection, kibitz: Kibitz) -> None:
+async def _answer(frame: Frame, connection: Connection, app: Kibitz) -> None:
     """Run a frame's handler; any failure becomes an error frame."""
     client_msg_id = frame.client_msg_id if isinstance(frame, Send) else None
     try:
-        await HANDLERS[type(frame)](frame, connection, kibitz)
+        await HANDLERS[type(frame)](frame, connection, app)
     except ApiError as e:
         connection.put(_error(e.code, e.message, client_msg_id, e.retry_after))
     except (ConnectionError, TimeoutError) as e:
@@ -307,10 +307,10 @@ async def _answer(frame: Frame, connection: Connection, kibitz: Kibitz) -> None:
         )
 
 
-async def _send(frame: Send, connection: Connection, kibitz: Kibitz) -> None:
+async def _send(frame: Send, connection: Connection, app: Kibitz) -> None:
     turn = connection.order.take()  # first, while the frames' tasks still start in order
     try:
-        _, data, _ = await kibitz.messages.submit(
+        _, data, _ = await app.messages.submit(
             connection.user, int(frame.conversation_id), frame.body, frame.client_msg_id, turn
         )
     finally:
@@ -320,14 +320,14 @@ async def _send(frame: Send, connection: Connection, kibitz: Kibitz) -> None:
     )
 
 
-async def _read(frame: Read, connection: Connection, kibitz: Kibitz) -> None:
-    conversation = await kibitz.conversations.of_member(int(frame.conversation_id), connection.user_id)
-    await kibitz.conversations.mark_read(conversation, connection.user_id, int(frame.message_id))
+async def _read(frame: Read, connection: Connection, app: Kibitz) -> None:
+    conversation = await app.conversations.of_member(int(frame.conversation_id), connection.user_id)
+    await app.conversations.mark_read(conversation, connection.user_id, int(frame.message_id))
 
 
-async def _typing(frame: Typing, connection: Connection, kibitz: Kibitz) -> None:
+async def _typing(frame: Typing, connection: Connection, app: Kibitz) -> None:
     cid = int(frame.conversation_id)
-    conversation = await kibitz.conversations.of_member(cid, connection.user_id)
+    conversation = await app.conversations.of_member(cid, connection.user_id)
     now = time.monotonic()
     if now - connection.typed.get(cid, -TYPING_INTERVAL) < TYPING_INTERVAL:
         return  # said moments ago: the others' typing indicator is still on
@@ -335,14 +335,14 @@ async def _typing(frame: Typing, connection: Connection, kibitz: Kibitz) -> None
     others = [uid for uid in conversation.members if uid != connection.user_id]
     if others:
         event = {"type": "typing", "conversation_id": str(cid), "user_id": str(connection.user_id)}
-        await kibitz.transport.signal(others, orjson.dumps(event))
+        await app.transport.signal(others, orjson.dumps(event))
 
 
-async def _ping(frame: Ping, connection: Connection, kibitz: Kibitz) -> None:
+async def _ping(frame: Ping, connection: Connection, app: Kibitz) -> None:
     connection.put(b'{"type":"pong"}')
 
 
-async def _second_hello(frame: Hello, connection: Connection, kibitz: Kibitz) -> None:
+async def _second_hello(frame: Hello, connection: Connection, app: Kibitz) -> None:
     raise InvalidRequest("already said hello")
 
 
@@ -377,11 +377,11 @@ def _error(
     return orjson.dumps(frame)
 
 
-async def close_all(kibitz: Kibitz) -> None:
+async def close_all(app: Kibitz) -> None:
     """Close every WebSocket of this instance with 1001, so clients reconnect elsewhere;
     return once they are closed (at most ``CLOSE_ALL_TIMEOUT``), before the server itself
     closes what is left, with 1000 (which would tell clients nothing)."""
-    closing = [c for connections in list(kibitz.hub.connections.values()) for c in connections]
+    closing = [c for connections in list(app.hub.connections.values()) for c in connections]
     for connection in closing:
         connection.close(CLOSE_GOING_AWAY, "server shutting down")
     if closing:
@@ -391,9 +391,9 @@ async def close_all(kibitz: Kibitz) -> None:
             waiter.cancel()
 
 
-def register(app: DefaultSanic, ping_interval: float) -> None:
+def register(sanic: DefaultSanic, ping_interval: float) -> None:
     keepalive = Keepalive(ping_interval)
-    app.ctx.keepalive = keepalive
-    app.after_server_start(keepalive.start)
-    app.before_server_stop(keepalive.stop)
-    app.add_websocket_route(websocket, PREFIX + "/ws", name="websocket")
+    sanic.ctx.keepalive = keepalive
+    sanic.after_server_start(keepalive.start)
+    sanic.before_server_stop(keepalive.stop)
+    sanic.add_websocket_route(websocket, PREFIX + "/ws", name="websocket")

@@ -84,7 +84,7 @@ async def running_server(
         await server.before_start()
         await server.after_start()
         try:
-            yield InProcessServer(f"http://127.0.0.1:{port}", settings.data_dir, sanic.ctx.kibitz, capture)
+            yield InProcessServer(f"http://127.0.0.1:{port}", settings.data_dir, sanic.ctx.app, capture)
         finally:
             await server.before_stop()
             server.close()

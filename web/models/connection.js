@@ -20,6 +20,7 @@ export default class Connection extends EventTarget {
   #wasReady = false
   #polling = false
   #stopped = false
+  #opening = false // asking discovery where to connect
   #timer = null
 
   constructor(api, token) {
@@ -63,10 +64,12 @@ export default class Connection extends EventTarget {
 
   // -- WebSocket --------------------------------------------------------------------------
 
-  #openSocket() {
-    if (this.#stopped) return
+  async #openSocket() {
+    if (this.#stopped || this.#opening) return
     if (!this.#polling) this.#setState("connecting")
-    const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/v1/ws`
+    this.#opening = true
+    const url = await this.#socketUrl().finally(() => { this.#opening = false })
+    if (this.#stopped || this.#socket) return
     const socket = new WebSocket(url)
     this.#socket = socket
     let ready = false
@@ -98,6 +101,22 @@ export default class Connection extends EventTarget {
       if (this.#stopped || (this.#polling && !ready)) return
       this.#closed(closed.code, ready)
     }
+  }
+
+  // Where the WebSocket goes: to the instance discovery recommends (the least loaded,
+  // when instances have public URLs of their own), unless the last try failed or it is on
+  // another scheme than this page; else to this page's host.
+  async #socketUrl() {
+    let target = location
+    if (this.#failures === 0) {
+      try {
+        const recommended = new URL((await this.#api.get("/discovery", { patience: 0 })).recommended)
+        if (recommended.protocol === location.protocol) target = recommended
+      } catch {
+        // discovery did not answer: this page's host, then
+      }
+    }
+    return `${target.protocol === "https:" ? "wss" : "ws"}://${target.host}/api/v1/ws`
   }
 
   #closed(code, wasReady) {

@@ -1,6 +1,6 @@
 """kibitz-wave: turns ``:wave:`` in a message into a waving hand, before it is accepted.
 
-Enable it with ``KIBITZ_PLUGINS=wave``. Settings, in the config file's ``[wave]`` table
+Enable it with ``KIBITZ_PLUGINS=wave``. Settings, in the config file's ``[plugins.wave]`` table
 or as ``KIBITZ_WAVE_<KEY>``:
 
 - ``emoji``: what ``:wave:`` becomes (default 👋).
@@ -18,7 +18,7 @@ PLUGIN_API = "0.2"  # the plugin contract this was written for (kibitz.PLUGIN_AP
 
 
 class WaveSettings(msgspec.Struct):
-    """The ``[wave]`` table: Kibitz checks it against this when it starts."""
+    """The ``[plugins.wave]`` table: Kibitz checks it against this when it starts."""
 
     emoji: str = "👋"
 
