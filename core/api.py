@@ -15,7 +15,7 @@ from sanic.response import HTTPResponse, empty, raw
 
 from .accounts import normalize_username
 from .conversations import MAX_NAME
-from .errors import InvalidRequest, RateLimited, Unauthorized
+from .errors import InvalidRequest, Unauthorized
 from .hub import revocation
 from .inputs import (
     LogIn,
@@ -109,15 +109,12 @@ async def log_in(request: Request) -> HTTPResponse:
     if not body.password:
         raise InvalidRequest("password: at least 1 character")
     address = client_address(request)
-    app.rate_limits.login_attempt(username, address)
-    try:
-        session = await app.accounts.log_in(username, body.password, body.device_name, address)
-    except RateLimited:  # no password was checked: this attempt does not count
-        app.rate_limits.login_forgiven(username, address)
-        raise
+    await app.rate_limits.login_attempt(username, address)
+    session = await app.accounts.log_in(username, body.password, body.device_name, address)
     if session is None:
+        await app.rate_limits.login_failed(address)
         raise Unauthorized("wrong username or password")
-    app.rate_limits.login_forgiven(username, address)
+    await app.rate_limits.login_succeeded(username, address)
     token, device, user = session
     return json({"token": token, "device": device.to_dict(), "user": user.to_dict()}, 201)
 

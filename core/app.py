@@ -49,6 +49,7 @@ from .presence import Presence
 from .progress import ProgressDisplay
 from .push import Push
 from .ratelimit import RateLimits
+from .registry import Registry
 from .retention import HistoryRetention
 from .settings import Settings
 from .slots import IdGenerator, Notifier, Storage, Transport
@@ -97,6 +98,7 @@ class Kibitz:
         self.push = Push(self.engine, settings.push_allow_insecure)
         self.conversations = Conversations(self.engine, self.transport, self.storage)
         self.hub = Hub(self.metrics, self.conversations.forget)
+        self.registry = Registry(self.engine, self.instance_id, settings.url, lambda: self.hub.count)
         self.presence = Presence(self.transport, self.tasks)
         self.notifications = NotificationFollower(self)
         self.follower = StorageFollower(self.transport, self.storage)
@@ -110,7 +112,7 @@ class Kibitz:
             settings.max_message_chars,
             self.follower,
         )
-        self.rate_limits = RateLimits(settings.rate_limits)
+        self.rate_limits = RateLimits(settings.rate_limits, settings.rate_limit_url)
         self.clients = Clients(
             settings.trusted_proxies, settings.max_connections_per_address if settings.rate_limits else None
         )
@@ -208,6 +210,7 @@ class Kibitz:
         """Stop taking live connections and let the ones open go (they resume elsewhere)."""
         self.ready = False
         self.stopping.set()
+        await self.registry.close()  # out of /discovery at once: new clients go elsewhere
         self.hub.close_all()
         await ws.close_all(self)
         await self.messages.drain()
@@ -215,6 +218,7 @@ class Kibitz:
         await self.hooks.call_each("shutdown", app=self)
 
     async def stop(self) -> None:
+        await self.registry.close()
         await self.admin_socket.close()
         await self.disk.stop()
         self.presence.close()
@@ -228,6 +232,7 @@ class Kibitz:
             except Exception:
                 log.exception("close_failed", extra={"part": type(part).__name__})
         self._started.clear()
+        await self.rate_limits.close()
         with contextlib.suppress(Exception):
             await self.engine.dispose()
         log.info("stopped")
@@ -282,12 +287,16 @@ def create_app(settings: Settings, plugins: Iterable[object] = ()) -> DefaultSan
     sync.register(sanic)
     ws.register(sanic, settings.ping_interval)
     operations.register(sanic, app)
-    web_client.register(sanic)
+    web_client.register(sanic, app.registry)
     _register_plugin_routes(sanic, app)
 
     @sanic.before_server_start
     async def _start(sanic: DefaultSanic) -> None:
         await app.start()
+
+    @sanic.after_server_start
+    async def _listed(sanic: DefaultSanic) -> None:
+        app.registry.start()  # in /discovery once it listens (an admin command never is)
 
     @sanic.before_server_stop
     async def _drain(sanic: DefaultSanic) -> None:

@@ -37,7 +37,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .database import known_revisions, leases, metadata, migrate, schema_revision
+from .database import instances, known_revisions, leases, metadata, migrate, schema_revision
 from .datadir import LOCK_FILE, RESTORING, holder, lock_data_folder
 from .models import now_ms, rfc3339
 from .notifications import LEASE_KIND as NOTIFY_LEASE
@@ -138,6 +138,8 @@ async def database_rows(engine: AsyncEngine) -> AsyncIterator[bytes]:
             await db.exec_driver_sql("BEGIN")
         yield orjson.dumps({"schema": await db.run_sync(schema_revision)})
         for table in metadata.sorted_tables:
+            if table is instances:  # live processes, not data: a restored server has none
+                continue
             async for row in await db.stream(sa.select(table)):
                 line = {"table": table.name, "row": row._asdict()}
                 yield orjson.dumps(line, option=orjson.OPT_NON_STR_KEYS)  # keys: quoted_name

@@ -3,7 +3,9 @@
 Membership lives in the relational database. Every change is also written to the event
 log of each user it concerns (a ``conversation`` or ``read`` event), so their devices
 learn of it; each instance drops its cached copy of a conversation when such an event
-passes through its live feed.
+passes through its live feed. A send does not wait for that: it checks the cached copy's
+``members_version`` against the database's (``for_sender``), so a change of members
+made on any instance holds for every send after it has answered.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .batching import Batcher
 from .database import conversations, inserted_id, members
 from .errors import Forbidden, InvalidRequest, NotFound, Unavailable
 from .models import Conversation, LogEntry, now_ms, rfc3339
@@ -31,7 +34,10 @@ class Conversations:
         self.engine = engine
         self.transport = transport
         self.storage = storage
-        self._cache: OrderedDict[int, Conversation] = OrderedDict()
+        # Each cached conversation with its members_version, the count of its membership
+        # changes: ``for_sender`` compares it with the database's.
+        self._cache: OrderedDict[int, tuple[Conversation, int]] = OrderedDict()
+        self._versions = Batcher(self._current_versions)
 
     # -- reading ---------------------------------------------------------------
 
@@ -41,7 +47,7 @@ class Conversations:
 
     async def get_many(self, conversation_ids: Sequence[int]) -> dict[int, Conversation]:
         """The conversations that exist among ``conversation_ids``: cached, or read in two queries."""
-        found = {cid: self._cache[cid] for cid in conversation_ids if cid in self._cache}
+        found = {cid: self._cache[cid][0] for cid in conversation_ids if cid in self._cache}
         missing = [cid for cid in conversation_ids if cid not in found]
         if missing:
             async with self.engine.connect() as db:
@@ -57,7 +63,8 @@ class Conversations:
             for member in member_rows:
                 member_ids.setdefault(member.conversation_id, []).append(member.user_id)
             for row in rows:
-                found[row.id] = self._cache[row.id] = _conversation(row, tuple(member_ids.get(row.id, ())))
+                found[row.id] = _conversation(row, tuple(member_ids.get(row.id, ())))
+                self._cache[row.id] = (found[row.id], row.members_version)
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
         return found
@@ -70,8 +77,8 @@ class Conversations:
         takes tells nothing about what exists.
         """
         cached = self._cache.get(conversation_id)
-        if cached is not None and user_id in cached.members:
-            return cached
+        if cached is not None and user_id in cached[0].members:
+            return cached[0]
         query = sa.select(members.c.user_id).where(
             members.c.conversation_id == conversation_id, members.c.user_id == user_id
         )
@@ -84,6 +91,28 @@ class Conversations:
         if conversation is None or user_id not in conversation.members:
             raise NotFound("no such conversation")  # removed meanwhile
         return conversation
+
+    async def for_sender(self, conversation_id: int, user_id: int) -> Conversation:
+        """``of_member`` for a send: a cached group serves only while its membership is the
+        database's (its version, read in one batched query per flush). So once a change of
+        members has answered, on any instance, every send sees it: a removed member is
+        refused, an added one gets the message. A direct conversation's two members never
+        change, so its cached copy needs no look-up."""
+        cached = self._cache.get(conversation_id)
+        if (
+            cached is not None
+            and cached[0].type == "group"
+            and await self._versions.submit(conversation_id) != cached[1]
+        ):
+            self.forget(conversation_id)
+        return await self.of_member(conversation_id, user_id)
+
+    async def _current_versions(self, conversation_ids: list[int]) -> list[int | None]:
+        query = sa.select(conversations.c.id, conversations.c.members_version)
+        async with self.engine.connect() as db:
+            rows = await db.execute(query.where(conversations.c.id.in_(set(conversation_ids))))
+        versions: dict[int, int] = {row.id: row.members_version for row in rows}
+        return [versions.get(cid) for cid in conversation_ids]
 
     def forget(self, conversation_id: int) -> None:
         """Drop the cached copy (membership changed, here or on another instance)."""
@@ -206,6 +235,7 @@ class Conversations:
                         conversation_id=conversation.id, user_id=user_id, joined_ms=now_ms()
                     )
                 )
+                await db.execute(_members_changed(conversation.id))
         except IntegrityError:
             pass  # added concurrently: the same outcome
         self.forget(conversation.id)
@@ -232,6 +262,7 @@ class Conversations:
         where = members.c.conversation_id == conversation.id
         async with self.engine.begin() as db:
             await db.execute(members.delete().where(where, members.c.user_id == user_id))
+            await db.execute(_members_changed(conversation.id))
             if heir:
                 first = sa.select(members.c.user_id).where(where)
                 first = first.order_by(members.c.joined_ms, members.c.user_id).limit(1)
@@ -284,6 +315,16 @@ class Conversations:
             await self.transport.append(entries)
         except Exception as e:
             raise Unavailable(f"the message queue did not answer: {type(e).__name__}") from None
+
+
+def _members_changed(conversation_id: int) -> sa.Update:
+    """Count one more change of the conversation's members (see ``for_sender``)."""
+    version = conversations.c.members_version
+    return (
+        conversations.update()
+        .where(conversations.c.id == conversation_id)
+        .values(members_version=version + 1)
+    )
 
 
 def _conversation(row: sa.Row[*tuple[Any, ...]], member_ids: tuple[int, ...]) -> Conversation:

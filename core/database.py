@@ -65,6 +65,8 @@ conversations = sa.Table(
     # "<smaller user id>:<larger user id>" for direct conversations: one per pair.
     sa.Column("direct_key", sa.String(48), nullable=True, unique=True),
     sa.Column("created_ms", sa.BigInteger, nullable=False),
+    # Changes of the members (and creator) so far: instances compare it with their cached copy.
+    sa.Column("members_version", sa.Integer, nullable=False, server_default="0"),
 )
 
 members = sa.Table(
@@ -118,6 +120,19 @@ invitations = sa.Table(
     sa.Column("expires_ms", sa.BigInteger, nullable=True),
     sa.Column("revoked_ms", sa.BigInteger, nullable=True),
     sa.Column("created_ms", sa.BigInteger, nullable=False),
+)
+
+
+# The live instances (service discovery, ``kibitz.registry``): each rewrites its row every
+# few seconds and deletes it when it stops. Not backed up: it describes processes, not data.
+instances = sa.Table(
+    "instances",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("connections", sa.Integer, nullable=False),
+    sa.Column("started_ms", sa.BigInteger, nullable=False),
+    sa.Column("seen_ms", sa.BigInteger, nullable=False),
 )
 
 

@@ -76,8 +76,8 @@ class Messages:
         """A send as the sender makes it (HTTP, WebSocket, a plugin's ``App.post``): the body's
         limits, membership (404 otherwise), the sender's rate limit, then ``send``."""
         self.check_body(body)
-        conversation = await self.app.conversations.of_member(conversation_id, sender.id)
-        self.app.rate_limits.send(sender.id)
+        conversation = await self.app.conversations.for_sender(conversation_id, sender.id)
+        await self.app.rate_limits.send(sender.id)
         return await self.send(sender, conversation, body, client_msg_id, turn)
 
     async def send(

@@ -349,6 +349,7 @@ def openapi_document(plugin_paths: Mapping[str, Mapping[str, Any]] | None = None
                             id={"type": "string"},
                             url={"type": "string"},
                             connections={"type": "integer"},
+                            started_at=TIME,
                         ),
                     },
                     recommended={"type": "string"},

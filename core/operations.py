@@ -21,6 +21,7 @@ from sanic.response import HTTPResponse, raw
 from .api import PREFIX, json
 from .errors import ApiError
 from .openapi import openapi_document
+from .registry import Registry
 
 if TYPE_CHECKING:
     from .app import Kibitz
@@ -109,8 +110,15 @@ def register(sanic: DefaultSanic, app: Kibitz) -> None:
         return raw(app.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def discovery(request: Request) -> HTTPResponse:
-        me = {"id": app.instance_id, "url": app.settings.url, "connections": app.hub.count}
-        return json({"servers": [me], "recommended": me["url"], "registration": app.settings.registration})
+        servers = await app.registry.live()
+        best = Registry.recommend(servers, app.instance_id)
+        return json(
+            {
+                "servers": [server.to_dict() for server in servers],
+                "recommended": best.url,
+                "registration": app.settings.registration,
+            }
+        )
 
     async def openapi(request: Request) -> HTTPResponse:
         return json(openapi_document(app.openapi_paths))  # plugins' routes are registered after this

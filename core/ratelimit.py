@@ -1,22 +1,63 @@
-"""Rate limits of one instance: failed logins, sends, and frames on one WebSocket.
+"""Rate limits: failed logins, sends, and frames on one WebSocket.
+
+Logins and sends are moving windows: at most ``limit`` hits per key in the last
+``seconds``. They are counted in this instance's memory (``LocalWindow``), or, with
+``rate_limit_url``, in a Redis that every instance shares (``SharedWindow``: the
+``limits`` library's moving window, one Lua script per hit), so that a client spreading
+its attempts over instances gets no more than at one. A shared window whose Redis does
+not answer lets the hit through and logs a warning: a rate limiter that fails shut
+would lock every user out. The frame allowance of a WebSocket is a token bucket of that
+connection alone (``Bucket``), always in memory.
 
 The defaults let people and bots work normally (see docs/api.md); ``KIBITZ_RATE_LIMITS=off``
-turns them all off. Counters live in memory: each instance limits what reaches it.
+turns them all off.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
 from collections import deque
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from limits import RateLimitItemPerSecond
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
+from redis.asyncio import ConnectionPool
 
 from .errors import RateLimited
 
-MAX_KEYS = 100_000
+MAX_KEYS = 100_000  # keys a local window keeps before it forgets the idle ones
+SHARED_TIMEOUT = 1.0  # seconds a shared window waits for Redis before it lets a hit through
+FRAME_BURST = 300  # frames one WebSocket may send at once
+FRAME_RATE = 50  # frames per second sustained, per WebSocket
+
+log = logging.getLogger("kibitz.ratelimit")
 
 
-class Window:
-    """At most ``limit`` hits per key within ``seconds`` (a sliding window)."""
+class Window(Protocol):
+    """At most ``limit`` hits per key within ``seconds``; a refusal raises ``RateLimited``."""
+
+    async def hit(self, key: str) -> None:
+        """Count a hit, or raise if the key is at its limit (the refused hit is not counted)."""
+
+    async def test(self, key: str) -> None:
+        """Raise if the key is at its limit; count nothing."""
+
+    async def clear(self, key: str) -> None:
+        """Forget every hit of the key."""
+
+
+def refusal(what: str, retry: float) -> RateLimited:
+    seconds = max(1, math.ceil(retry))
+    return RateLimited(f"too many {what}; retry in {seconds} s", retry_after=seconds)
+
+
+class LocalWindow:
+    """A ``Window`` in this instance's memory: the times of each key's recent hits."""
 
     def __init__(self, limit: int, seconds: float, what: str) -> None:
         self.limit = limit
@@ -38,22 +79,60 @@ class Window:
         for key in [k for k, hits in self._hits.items() if not hits or hits[-1] <= now - self.seconds]:
             del self._hits[key]
 
-    def check(self, key: str) -> None:
-        """Raise ``RateLimited`` (with the seconds until a hit frees up) if the key is at its limit."""
+    def _check(self, hits: deque[float], now: float) -> None:
+        if len(hits) >= self.limit:
+            raise refusal(self.what, hits[0] + self.seconds - now)
+
+    async def hit(self, key: str) -> None:
         now = time.monotonic()
         hits = self._recent(key, now)
-        if len(hits) >= self.limit:
-            retry = max(1, math.ceil(hits[0] + self.seconds - now))
-            raise RateLimited(f"too many {self.what}; retry in {retry} s", retry_after=retry)
+        self._check(hits, now)
+        hits.append(now)
 
-    def hit(self, key: str) -> None:
-        self._recent(key, time.monotonic()).append(time.monotonic())
+    async def test(self, key: str) -> None:
+        now = time.monotonic()
+        self._check(self._recent(key, now), now)
 
-    def forget_one(self, key: str) -> None:
-        """Take back the latest hit (an attempt that turned out not to count)."""
-        hits = self._hits.get(key)
-        if hits:
-            hits.pop()
+    async def clear(self, key: str) -> None:
+        self._hits.pop(key, None)
+
+
+class SharedWindow:
+    """A ``Window`` in the Redis every instance shares, by ``limits``'s moving window."""
+
+    def __init__(self, limiter: MovingWindowRateLimiter, limit: int, seconds: int, what: str) -> None:
+        self.limiter = limiter
+        self.item = RateLimitItemPerSecond(limit, seconds, namespace="kibitz")
+        self.what = what
+
+    async def _refuse(self, key: str) -> None:
+        stats = await self.limiter.get_window_stats(self.item, self.what, key)
+        raise refusal(self.what, stats.reset_time - time.time())
+
+    async def hit(self, key: str) -> None:
+        with _failing_open():
+            if not await self.limiter.hit(self.item, self.what, key):
+                await self._refuse(key)
+
+    async def test(self, key: str) -> None:
+        with _failing_open():
+            if not await self.limiter.test(self.item, self.what, key):
+                await self._refuse(key)
+
+    async def clear(self, key: str) -> None:
+        with _failing_open():
+            await self.limiter.clear(self.item, self.what, key)
+
+
+@contextlib.contextmanager
+def _failing_open() -> Iterator[None]:
+    """A refusal passes; any other failure (Redis does not answer) is logged and let through."""
+    try:
+        yield
+    except RateLimited:
+        raise
+    except Exception as e:
+        log.warning("rate_limit_storage_failed", extra={"error": f"{type(e).__name__}: {e}"})
 
 
 class Bucket:
@@ -86,66 +165,55 @@ class Bucket:
         return max(0.0, -self.tokens)
 
 
-class Buckets:
-    """A ``Bucket`` per key; a refused take raises ``RateLimited``."""
-
-    def __init__(self, burst: int, rate: float, what: str) -> None:
-        self.burst = burst
-        self.rate = rate
-        self.what = what
-        self._buckets: dict[str, Bucket] = {}
-
-    def take(self, key: str) -> None:
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if len(self._buckets) >= MAX_KEYS:
-                self._forget_full()
-            bucket = self._buckets[key] = Bucket(self.burst, self.rate)
-        retry = bucket.take()
-        if retry is not None:
-            bucket.tokens += 1  # refused, so not taken
-            raise RateLimited(f"too many {self.what}; retry in {retry} s", retry_after=retry)
-
-    def _forget_full(self) -> None:
-        """Drop the buckets that have filled up again: a new one would be the same."""
-        now = time.monotonic()
-        self._buckets = {
-            key: b for key, b in self._buckets.items() if b.tokens + (now - b.at) * b.rate < b.burst
-        }
-
-
-FRAME_BURST = 300  # frames one WebSocket may send at once
-FRAME_RATE = 50  # frames per second sustained, per WebSocket
-
-
 class RateLimits:
-    def __init__(self, enabled: bool) -> None:
+    """Every limit of one instance, local or shared by ``url`` (a ``redis://`` URL, or "")."""
+
+    def __init__(self, enabled: bool, url: str = "") -> None:
         self.enabled = enabled
-        self.failed_logins = Window(10, 15 * 60, "failed logins for this account from this address")
-        self.failed_logins_here = Window(100, 15 * 60, "failed logins from this address")
-        self.sends = Buckets(300, 30, "messages sent")
+        self._pool: ConnectionPool | None = None
+        limiter: MovingWindowRateLimiter | None = None
+        if url:
+            self._pool = ConnectionPool.from_url(
+                url, socket_timeout=SHARED_TIMEOUT, socket_connect_timeout=SHARED_TIMEOUT
+            )
+            # limits types its options as scalars; redis-py takes the pool, kept here to close.
+            pool: Any = self._pool
+            storage = storage_from_string("async+redis://", implementation="redispy", connection_pool=pool)
+            limiter = MovingWindowRateLimiter(storage)
 
-    def login_attempt(self, username: str, address: str) -> None:
-        """Count a login attempt as failed, for the account and for the address, until
-        ``login_forgiven`` takes it back.
+        def window(limit: int, seconds: int, what: str) -> Window:
+            if limiter is None:
+                return LocalWindow(limit, seconds, what)
+            return SharedWindow(limiter, limit, seconds, what)
 
-        Counting before the password check keeps parallel guesses from slipping past the limit.
-        """
+        self.failed_logins = window(10, 15 * 60, "failed logins for this account from this address")
+        self.failed_logins_here = window(100, 15 * 60, "failed logins from this address")
+        self.sends = window(300, 10, "messages sent")
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.disconnect()
+
+    async def login_attempt(self, username: str, address: str) -> None:
+        """Before a password is checked: refuse if the address or the account from it is at
+        its limit. The attempt counts for the account at once (so parallel guesses cannot
+        slip past), and for the address once it has failed (``login_failed``)."""
         if self.enabled:
-            self.failed_logins_here.check(address)
-            self.failed_logins.check(f"{username}\0{address}")
-            self.failed_logins_here.hit(address)
-            self.failed_logins.hit(f"{username}\0{address}")
+            await self.failed_logins_here.test(address)
+            await self.failed_logins.hit(f"{username}\0{address}")
 
-    def login_forgiven(self, username: str, address: str) -> None:
-        """Take back the attempt ``login_attempt`` counted: it succeeded, or no password was checked."""
+    async def login_failed(self, address: str) -> None:
         if self.enabled:
-            self.failed_logins_here.forget_one(address)
-            self.failed_logins.forget_one(f"{username}\0{address}")
+            await self.failed_logins_here.hit(address)
 
-    def send(self, user_id: int) -> None:
+    async def login_succeeded(self, username: str, address: str) -> None:
+        """The account's failures from this address are forgotten."""
         if self.enabled:
-            self.sends.take(str(user_id))
+            await self.failed_logins.clear(f"{username}\0{address}")
+
+    async def send(self, user_id: int) -> None:
+        if self.enabled:
+            await self.sends.hit(str(user_id))
 
     def frames(self) -> Bucket | None:
         """The frame allowance of a new WebSocket (None when limits are off)."""

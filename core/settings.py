@@ -127,6 +127,7 @@ class Settings:
     notify: tuple[str, ...] = ("webpush",)
     plugins: tuple[str, ...] = ()
     rate_limits: bool = True
+    rate_limit_url: str = ""  # a Redis the instances share their rate limits in; "": each its own
     push_allow_insecure: bool = False
     push_preview: bool = True
     max_connections_per_address: int = 500
@@ -223,6 +224,7 @@ def load_settings(config: str | None = None, environ: Mapping[str, str] | None =
     if values["plugin_timeout"] <= 0:
         raise ConfigError(f"{source}={timeout!r}: must be above 0")
     values["rate_limits"] = parse_switch(*get("rate_limits", "on"))
+    values["rate_limit_url"] = _redis_url(*get("rate_limit_url", ""))
     values["push_allow_insecure"] = parse_switch(*get("push_allow_insecure", "off"))
     values["push_preview"] = parse_switch(*get("push_preview", "on"))
     values["max_connections_per_address"] = _integer(
@@ -320,6 +322,13 @@ def _database_url(source: str, value: Any) -> str:
     if url.drivername not in ASYNC_DRIVERS.values():
         raise ConfigError(f"{source}: the database must be sqlite+aiosqlite:// or postgresql+asyncpg://")
     return url.render_as_string(hide_password=False)
+
+
+def _redis_url(source: str, value: Any) -> str:
+    text = str(value).strip()
+    if text and not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{source}: not a Redis URL like redis://host:6379/0 (or rediss://, unix://)")
+    return text
 
 
 def _names(value: Any) -> tuple[str, ...]:

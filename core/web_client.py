@@ -8,7 +8,8 @@
   browsers check it for updates themselves, so it is not cached either.
 - Every file is read once at start-up, with a gzip copy for browsers that take it.
 - Every answer carries a strict Content-Security-Policy: scripts, styles and
-  connections from this origin only, no inline script or style, no frames.
+  connections from this origin only (the page's also allows WebSockets to the other
+  live instances, see ``kibitz.registry``), no inline script or style, no frames.
 """
 
 from __future__ import annotations
@@ -16,23 +17,31 @@ from __future__ import annotations
 import gzip
 import hashlib
 import mimetypes
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.resources import files
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from sanic import DefaultSanic, Request
 from sanic.response import HTTPResponse, raw
 
 from .errors import NotFound
 
+if TYPE_CHECKING:
+    from .registry import Registry
+
 VERSION_PLACEHOLDER = "{{version}}"
 SUFFIXES = (".html", ".js", ".css", ".svg", ".webmanifest", ".png")
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; manifest-src 'self'; worker-src 'self'; font-src 'self'; "
+    "connect-src 'self'{sockets}; manifest-src 'self'; worker-src 'self'; font-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]+)?|\[[0-9A-Fa-f:.]+\](:[0-9]+)?")
 SECURITY_HEADERS = {
-    "content-security-policy": CSP,
+    "content-security-policy": CSP.format(sockets=""),
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
     "cross-origin-opener-policy": "same-origin",
@@ -80,14 +89,28 @@ def load_assets() -> tuple[str, dict[str, Asset]]:
     return version, assets
 
 
-def register(sanic: DefaultSanic) -> None:
+def socket_sources(urls: Iterable[str]) -> str:
+    """The WebSocket origins of instances' public URLs, for the page's connect-src: the
+    client opens its WebSocket on the instance discovery recommends (``ws://a:8000`` for
+    ``http://a:8000``). A URL whose host is not plain is left out, never quoted into the policy."""
+    origins = set()
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme in ("http", "https") and HOST.fullmatch(parts.netloc):
+            origins.add(f"{'wss' if parts.scheme == 'https' else 'ws'}://{parts.netloc}")
+    return "".join(f" {origin}" for origin in sorted(origins))
+
+
+def register(sanic: DefaultSanic, registry: Registry) -> None:
     version, assets = load_assets()
 
-    def answer(request: Request, path: str, cache: str) -> HTTPResponse:
+    def answer(request: Request, path: str, cache: str, sockets: str = "") -> HTTPResponse:
         asset = assets.get(path)
         if asset is None:
             raise NotFound("no such file")
         headers = {**SECURITY_HEADERS, "cache-control": cache, "vary": "accept-encoding"}
+        if sockets:
+            headers["content-security-policy"] = CSP.format(sockets=sockets)
         body = asset.body
         if "gzip" in request.headers.get("accept-encoding", ""):
             body = asset.gzipped
@@ -95,7 +118,8 @@ def register(sanic: DefaultSanic) -> None:
         return raw(body, content_type=asset.content_type, headers=headers)
 
     async def page(request: Request) -> HTTPResponse:
-        return answer(request, "index.html", NEVER)
+        others = [i.url for i in await registry.live() if i.id != registry.me]
+        return answer(request, "index.html", NEVER, socket_sources(others))
 
     async def service_worker(request: Request) -> HTTPResponse:
         return answer(request, "sw.js", NEVER)

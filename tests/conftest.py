@@ -8,6 +8,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 # What the fast tier (``pytest -m "not services"``) leaves out: tests that need NATS, Redis,
 # PostgreSQL or a process of their own. Those using the session's services are found here
 # by their fixtures and parameters; modules that start processes themselves say so.
-SERVICE_FIXTURES = {"nats_url", "redis_url", "short_retention"}
+SERVICE_FIXTURES = {"nats_url", "redis_url", "short_retention", "deployment"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by the markers added here
@@ -223,3 +224,53 @@ async def client(server: Server | InProcessServer) -> AsyncIterator[Client]:
     client = Client(server)
     yield client
     await client.close()
+
+
+# -- several instances ------------------------------------------------------------------
+
+
+@dataclass
+class Deployment:
+    """A NATS, a Redis and a PostgreSQL database of its own, and the environment that
+    makes instances share them (``instance`` starts one, with its own public URL)."""
+
+    folder: Path
+    env: dict[str, str]
+
+    async def instance(self, name: str) -> Server:
+        server = make_server(self.folder / name, **self.env)
+        await asyncio.to_thread(server.start)
+        return server
+
+
+@pytest.fixture(scope="module")
+async def deployment(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Deployment]:
+    postgres = os.environ.get("KIBITZ_TEST_DATABASE_URL")
+    if not postgres:
+        pytest.skip("KIBITZ_TEST_DATABASE_URL is not set")
+    folder = tmp_path_factory.mktemp("scale-out")
+    nats, redis = nats_child(folder), redis_child(folder)
+    await nats.start()
+    await redis.start()
+    try:
+        async with fresh_postgres_database(postgres) as database:
+            yield Deployment(
+                folder,
+                {
+                    "KIBITZ_NATS_URL": f"nats://127.0.0.1:{nats.port}",
+                    "KIBITZ_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
+                    "KIBITZ_RATE_LIMIT_URL": f"redis://127.0.0.1:{redis.port}/1",
+                    "KIBITZ_DATABASE_URL": database,
+                },
+            )
+    finally:
+        await redis.stop()
+        await nats.stop()
+
+
+@pytest.fixture(scope="module")
+async def pair(deployment: Deployment) -> AsyncIterator[tuple[Server, Server]]:
+    """Two instances, each with its public URL."""
+    one, two = await asyncio.gather(deployment.instance("one"), deployment.instance("two"))
+    yield one, two
+    await asyncio.gather(asyncio.to_thread(one.stop), asyncio.to_thread(two.stop))

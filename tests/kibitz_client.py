@@ -38,12 +38,15 @@ POLL_INTERVAL = 0.05
 _numbers = itertools.count()
 
 
-def nats_child(folder: Path) -> ChildProcess:
-    """A JetStream nats-server in ``folder`` that fsyncs every write, as the embedded one does."""
+def nats_child(folder: Path, sync_always: bool = True, monitor_port: int | None = None) -> ChildProcess:
+    """A JetStream nats-server in ``folder`` that fsyncs every write, as the embedded one
+    does (unless not ``sync_always``), with its monitoring port on ``monitor_port`` if given."""
     port = free_port()
     conf = folder / "nats.conf"
+    sync = ", sync_interval: always" if sync_always else ""
+    monitor = f'http: "127.0.0.1:{monitor_port}"\n' if monitor_port else ""
     conf.write_text(
-        f'listen: "127.0.0.1:{port}"\njetstream {{ store_dir: "{folder / "js"}", sync_interval: always }}\n'
+        f'listen: "127.0.0.1:{port}"\n{monitor}jetstream {{ store_dir: "{folder / "js"}"{sync} }}\n'
     )
     return ChildProcess(
         "nats-server", [find_binary("nats-server"), "-c", str(conf)], port, folder / "nats.log"

@@ -187,8 +187,8 @@ def test_commands_work_on_a_stopped_server_and_serve_sees_their_work(tmp_path: P
 
 def test_migrate_and_a_schema_from_a_newer_kibitz(tmp_path: Path) -> None:
     server = make_server(tmp_path / "data")
-    assert kibitz(server, "migrate").stdout.strip() == "schema None -> 0005"
-    assert kibitz(server, "migrate").stdout.strip() == "the schema is up to date (0005)"
+    assert kibitz(server, "migrate").stdout.strip() == "schema None -> 0006"
+    assert kibitz(server, "migrate").stdout.strip() == "the schema is up to date (0006)"
     database = tmp_path / "data" / "kibitz.sqlite3"
     with sqlite3.connect(database) as db:
         db.execute("UPDATE alembic_version SET version_num = '9999'")

@@ -158,7 +158,7 @@ async def test_backup_under_load_restores_everything_and_a_device_resumes_its_cu
 
     with tarfile.open(file) as tar:
         manifest = orjson.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
-    assert manifest["schema"] == "0005" and set(manifest["parts"]) == {"database", "storage", "transport"}
+    assert manifest["schema"] == "0006" and set(manifest["parts"]) == {"database", "storage", "transport"}
     assert oct(os.stat(file).st_mode & 0o777) == "0o600"
 
 

@@ -115,7 +115,7 @@ async def test_migration_0005_keeps_every_user_and_makes_none_a_bot(empty_databa
                     " VALUES (5, 'old', 'Old', 'h', 0, true)"
                 )
             )
-        assert await migrate(engine) == ("0004", "0005")
+        assert await migrate(engine, "0005") == ("0004", "0005")
         async with engine.connect() as db:
             rows = (await db.execute(sa.text("SELECT id, username, admin, bot FROM users"))).all()
         assert [(r.id, r.username, bool(r.admin), bool(r.bot)) for r in rows] == [(5, "old", True, False)]

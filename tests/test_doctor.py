@@ -60,7 +60,7 @@ async def test_a_running_appliance_is_all_ok(tmp_path: Path) -> None:
     assert status == 0, out
     assert "FAIL" not in out and "WARN" not in out, out
     assert f"ok    server: process {server.process.pid if server.process else ''} is ready" in out
-    for part in ("database:", "schema 0005 (current)", "transport nats: embedded", "storage redis: embedded"):
+    for part in ("database:", "schema 0006 (current)", "transport nats: embedded", "storage redis: embedded"):
         assert part in out, out
 
 

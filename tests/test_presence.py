@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ pytestmark = pytest.mark.services
 class App:
     data_dir: Path
     instance_id: str
+    tasks: Tasks = field(default_factory=Tasks)
 
 
 @pytest.fixture

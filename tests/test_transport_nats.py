@@ -5,19 +5,23 @@ the storage follower reading its records into a real Redis."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from kibitz import LogEntry, Message, PluginSettings
+from kibitz import LogEntry, Message, PluginSettings, Tasks
 from kibitz.messages import StorageFollower
 from kibitz.plugins.nats import LIVE_INLINE_BYTES, NatsTransport
 from kibitz.plugins.redis import RedisStorage
+from kibitz.supervisor import free_port
 from kibitz.testing import wait_until
+
+from .kibitz_client import nats_child
 
 # Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
 pytestmark = pytest.mark.services
@@ -27,6 +31,7 @@ pytestmark = pytest.mark.services
 class App:
     data_dir: Path
     instance_id: str = "test-transport"
+    tasks: Tasks = field(default_factory=Tasks)
 
 
 @dataclass
@@ -168,3 +173,29 @@ async def test_a_long_storage_rebuild_reports_its_progress(
         assert len((await storage.page(42, None, None, 100)).messages) == 60
     finally:
         await storage.close()
+
+
+@pytest.mark.parametrize("sync_always", [True, False])
+async def test_an_external_nats_that_may_not_fsync_is_warned_of_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, sync_always: bool
+) -> None:
+    monitor = free_port()
+    server = nats_child(tmp_path, sync_always=sync_always, monitor_port=monitor)
+    await server.start()
+    app = App(tmp_path)
+    settings = {"url": f"nats://127.0.0.1:{server.port}", "monitor_url": f"http://127.0.0.1:{monitor}"}
+    t = NatsTransport(PluginSettings("nats", settings, {}))
+    try:
+        with caplog.at_level(logging.WARNING, "kibitz.nats"):
+            await t.start(app)
+            await app.tasks.wait()
+        warned = [r for r in caplog.records if r.getMessage() == "nats_fsync_unconfirmed"]
+        if sync_always:
+            assert warned == []
+        else:
+            (warning,) = warned
+            assert "does not fsync every write" in warning.__dict__["problem"]
+            assert "sync_interval: always" in warning.__dict__["fix"]
+    finally:
+        await t.close()
+        await server.stop()

@@ -18,7 +18,7 @@ import pytest
 
 from kibitz.testing import wait_until
 
-from .kibitz_client import KIBITZ, PASSWORD, Server, make_server
+from .kibitz_client import KIBITZ, PASSWORD, Client, Server, Socket, make_server
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -432,3 +432,34 @@ def test_every_module_of_the_client_is_shipped() -> None:
                 if target not in seen:
                     pending.append(target)
     assert len(seen) > 10
+
+
+async def test_the_client_opens_its_socket_on_the_instance_discovery_recommends(
+    browser: Any, pair: tuple[Server, Server]
+) -> None:
+    """Page from one, which is busier: the WebSocket goes to two, and chat works there."""
+    one, two = pair
+    client = Client(one)
+    try:
+        busy = await client.user()
+        sockets = [await Socket.open(one, busy) for _ in range(3)]
+        before = await connections(two)
+        alice = await Person.sign_up(browser, one, "Alice")
+        bob = await Person.sign_up(browser, one, "Bob")
+        assert await connections(two) == before + 2  # both sockets on two, where neither page came from
+        await alice.start_chat(bob)
+        await alice.write("hello from the quieter instance")
+        await bob.open("Alice, 1 unread")
+        await bob.sees("hello from the quieter instance")
+        assert alice.errors == [] and bob.errors == []
+        for socket in sockets:
+            await socket.close()
+    finally:
+        await client.close()
+
+
+async def connections(server: Server) -> int:
+    """The WebSockets and long polls open on ``server``, as its own /discovery counts them."""
+    async with httpx.AsyncClient() as http:
+        found = (await http.get(server.api + "/discovery")).json()
+    return next(s["connections"] for s in found["servers"] if s["url"] == server.url)

@@ -145,6 +145,8 @@ class NatsTransport:
             self.servers = [f"nats://127.0.0.1:{self.child.port}"]
         self.nc = await self._connect(app.instance_id)
         await self._ensure_stream()
+        if not self.embedded:  # an acknowledged message must be on disk: say so if unsure
+            app.tasks.spawn(checks.warn_unless_fsynced(self), name="nats-fsync-check")
         self._reply_prefix = f"_INBOX.kibitz.{uuid.uuid4().hex}"
         await self.nc.subscribe(f"{self._reply_prefix}.*", cb=self._route_reply)
         self._presence = Presence(self.nc.jetstream(), self.direct_batch, app.instance_id, self.replicas)

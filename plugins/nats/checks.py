@@ -1,9 +1,11 @@
 """``kibitz doctor``'s look at NATS: the embedded binary, or an external server's JetStream,
-the stream, and whether it fsyncs every write (what "acknowledged" rests on)."""
+the stream, and whether it fsyncs every write (what "acknowledged" rests on). The last
+is also checked at every start on an external NATS, as a warning in the log."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -15,6 +17,7 @@ from kibitz import Finding, find_binary, redact_url
 if TYPE_CHECKING:
     from . import NatsTransport
 
+log = logging.getLogger("kibitz.nats")
 WHAT = "transport nats"
 MONITOR_PORT = 8222  # nats-server's usual monitoring port, where /varz shows the JetStream settings
 TIMEOUT = 5.0
@@ -69,12 +72,24 @@ async def diagnose(transport: NatsTransport) -> list[Finding]:
             found.append(Finding("ok", WHAT, f"no stream {STREAM} yet: the first start makes it"))
     finally:
         await nc.close()
-    monitors = transport.monitor_urls or [
-        f"http://{urlsplit(server).hostname or 'localhost'}:{MONITOR_PORT}" for server in transport.servers
-    ]
-    for monitor in monitors:
+    for monitor in _monitors(transport):
         found.append(await _fsync(monitor))
     return found
+
+
+async def warn_unless_fsynced(transport: NatsTransport) -> None:
+    """At start-up, for an external NATS: a warning for each server that does not fsync
+    every write, or whose monitoring port does not say (``kibitz doctor`` says the same)."""
+    for monitor in _monitors(transport):
+        finding = await _fsync(monitor)
+        if finding.level != "ok":
+            log.warning("nats_fsync_unconfirmed", extra={"problem": finding.detail, "fix": finding.fix})
+
+
+def _monitors(transport: NatsTransport) -> list[str]:
+    return transport.monitor_urls or [
+        f"http://{urlsplit(server).hostname or 'localhost'}:{MONITOR_PORT}" for server in transport.servers
+    ]
 
 
 async def _fsync(monitor: str) -> Finding:

@@ -103,15 +103,16 @@ export default class Connection extends EventTarget {
     }
   }
 
-  // Where the WebSocket goes: to the instance discovery recommends (the least loaded,
-  // when instances have public URLs of their own), unless the last try failed or it is on
-  // another scheme than this page; else to this page's host.
+  // Where the WebSocket goes: to the instance discovery recommends (the least loaded),
+  // when there are several and it has a public URL of its own on this page's scheme,
+  // unless the last try failed; else to this page's host.
   async #socketUrl() {
     let target = location
     if (this.#failures === 0) {
       try {
-        const recommended = new URL((await this.#api.get("/discovery", { patience: 0 })).recommended)
-        if (recommended.protocol === location.protocol) target = recommended
+        const { servers, recommended } = await this.#api.get("/discovery", { patience: 0 })
+        const url = new URL(recommended)
+        if (servers.length > 1 && url.protocol === location.protocol) target = url
       } catch {
         // discovery did not answer: this page's host, then
       }
