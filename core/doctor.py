@@ -2,7 +2,8 @@
 
 It reads and asks, and changes nothing: the configuration, the data folder (owner,
 permissions, lock), free disk against ``disk_reserve``, the database and its schema, the
-server running on the folder (its ``/readyz``), each slot's backing service (the slot's
+instances serving on it (its registry: several need shared rate limits), the server
+running on the folder (its ``/readyz``), each slot's backing service (the slot's
 ``diagnose()``: an external NATS's fsync setting, Redis's persistence, ...), the push
 keys, and settings that expose more than one may think.
 """
@@ -18,10 +19,13 @@ from ipaddress import ip_address
 
 import aiohttp
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .database import create_engine, known_revisions, schema_revision, secrets
 from .datadir import holder
+from .models import now_ms
 from .plugin_manager import create_plugin_manager, fill_slot
+from .registry import EXPIRY, read_live
 from .settings import Settings
 from .slots import Finding
 
@@ -130,10 +134,36 @@ async def _database(settings: Settings) -> list[Finding]:
         found = [Finding("warn", "database", f"schema {revision}, this Kibitz's is {head}", "kibitz migrate")]
     else:
         found = [Finding("ok", "database", f"{name}, schema {revision} (current)")]
+    if revision == head:
+        found += await _instances(settings, engine)
     if revision and "vapid_private_key" not in key:
         found.append(Finding("ok", "push keys", "no VAPID key yet; the first start makes one"))
     elif revision:
         found.append(Finding("ok", "push keys", "the VAPID key pair is in the database"))
+    return found
+
+
+async def _instances(settings: Settings, engine: AsyncEngine) -> list[Finding]:
+    """The instances serving on this database (its registry), and what several of them need."""
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            live = await read_live(engine, now_ms() - int(EXPIRY * 1000))
+    except Exception as e:
+        return [Finding("warn", "instances", f"the registry cannot be read: {type(e).__name__}: {e}")]
+    finally:
+        await engine.dispose()
+    if not live:
+        return [Finding("ok", "instances", "none is serving on this database now")]
+    found = [Finding("ok", "instances", f"{len(live)} serving: " + ", ".join(i.url for i in live))]
+    if len(live) > 1 and not settings.rate_limit_url:
+        found.append(
+            Finding(
+                "warn",
+                "rate limits",
+                f"{len(live)} instances share this database but each counts rate limits alone",
+                "set KIBITZ_RATE_LIMIT_URL to a Redis they share (docs/scale-out.md)",
+            )
+        )
     return found
 
 

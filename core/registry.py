@@ -132,13 +132,18 @@ class Registry:
         return sorted([me, *listed], key=lambda i: i.id)
 
     async def _others(self) -> list[Instance]:
-        since = self._now_ms() - int(self.expiry * 1000)
-        query = sa.select(table.c.id, table.c.url, table.c.connections, table.c.started_ms)
-        async with self.engine.connect() as db:
-            rows = (await db.execute(query.where(table.c.seen_ms >= since).order_by(table.c.id))).all()
-        return [Instance(*row) for row in rows if row.id != self.me]
+        listed = await read_live(self.engine, self._now_ms() - int(self.expiry * 1000))
+        return [i for i in listed if i.id != self.me]
 
     @staticmethod
     def recommend(instances: list[Instance], me: str) -> Instance:
         """The one a new connection should use: the fewest connections, this one on a tie."""
         return min(instances, key=lambda i: (i.connections, i.id != me, i.id))
+
+
+async def read_live(engine: AsyncEngine, since_ms: int) -> list[Instance]:
+    """The instances whose row was written at ``since_ms`` or later, by id."""
+    query = sa.select(table.c.id, table.c.url, table.c.connections, table.c.started_ms)
+    async with engine.connect() as db:
+        rows = (await db.execute(query.where(table.c.seen_ms >= since_ms).order_by(table.c.id))).all()
+    return [Instance(*row) for row in rows]

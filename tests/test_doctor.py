@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kibitz.supervisor import ChildProcess, find_binary, free_port
+from kibitz.supervisor import ChildProcess, free_port
 
-from .kibitz_client import KIBITZ, Server, make_server
+from .kibitz_client import KIBITZ, Server, make_server, nats_child
 
 # Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
 pytestmark = pytest.mark.services
@@ -27,16 +27,9 @@ def doctor(server: Server, **env: str) -> tuple[int, str]:
 
 async def nats_with_monitor(folder: Path, fsync: bool) -> tuple[ChildProcess, str]:
     """A nats-server with JetStream and its monitoring port, fsyncing every write or not."""
-    port, monitor = free_port(), free_port()
+    monitor = free_port()
     await asyncio.to_thread(folder.mkdir, parents=True)
-    sync = ", sync_interval: always" if fsync else ""
-    (folder / "nats.conf").write_text(
-        f'listen: "127.0.0.1:{port}"\nhttp: "127.0.0.1:{monitor}"\n'
-        f'jetstream {{ store_dir: "{folder / "js"}" {sync} }}\n'
-    )
-    child = ChildProcess(
-        "nats-server", [find_binary("nats-server"), "-c", str(folder / "nats.conf")], port, folder / "log"
-    )
+    child = nats_child(folder, sync_always=fsync, monitor_port=monitor)
     await child.start()
     return child, f"http://127.0.0.1:{monitor}"
 
@@ -60,6 +53,7 @@ async def test_a_running_appliance_is_all_ok(tmp_path: Path) -> None:
     assert status == 0, out
     assert "FAIL" not in out and "WARN" not in out, out
     assert f"ok    server: process {server.process.pid if server.process else ''} is ready" in out
+    assert f"ok    instances: 1 serving: {server.url}" in out, out
     for part in ("database:", "schema 0006 (current)", "transport nats: embedded", "storage redis: embedded"):
         assert part in out, out
 

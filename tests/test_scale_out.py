@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import itertools
 import signal
+import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +18,7 @@ from kibitz.registry import EXPIRY
 from kibitz.testing import wait_until
 
 from .conftest import Deployment
-from .kibitz_client import PASSWORD, Client, Server, Socket, assert_error
+from .kibitz_client import KIBITZ, PASSWORD, Client, Server, Socket, assert_error
 
 # Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
 pytestmark = pytest.mark.services
@@ -222,3 +223,23 @@ async def test_an_instance_killed_during_a_burst_loses_nothing_it_acknowledged(
     finally:
         await at_victim.close()
         await at_survivor.close()
+
+
+async def test_doctor_lists_the_instances_and_asks_for_shared_rate_limits(
+    deployment: Deployment, pair: tuple[Server, Server]
+) -> None:
+    env = {k: v for k, v in pair[0].env.items() if k != "KIBITZ_RATE_LIMIT_URL"}
+    env["KIBITZ_DATA_DIR"] = str(deployment.folder / "doctor")
+    alone = await asyncio.to_thread(
+        subprocess.run, [KIBITZ, "doctor"], env=env, capture_output=True, text=True
+    )
+    (listed,) = [line for line in alone.stdout.splitlines() if "instances:" in line]
+    assert "instances: 2 serving:" in listed and pair[0].url in listed and pair[1].url in listed, listed
+    assert (
+        "WARN  rate limits: 2 instances share this database but each counts rate limits alone" in alone.stdout
+    )
+    env["KIBITZ_RATE_LIMIT_URL"] = pair[0].env["KIBITZ_RATE_LIMIT_URL"]
+    shared = await asyncio.to_thread(
+        subprocess.run, [KIBITZ, "doctor"], env=env, capture_output=True, text=True
+    )
+    assert "rate limits" not in shared.stdout, shared.stdout
