@@ -28,9 +28,9 @@ if TYPE_CHECKING:
 # The version of the plugin contract: these hooks, the slot protocols (``kibitz.slots``),
 # ``kibitz.App`` and the names ``kibitz`` exports. A minor version only adds (each
 # addition says "Added in"); a major version may change or remove. A plugin may state
-# the version it was written for as ``PLUGIN_API = "0.2"`` in its module: Kibitz refuses
+# the version it was written for as ``PLUGIN_API = "0.3"`` in its module: Kibitz refuses
 # to load it if that needs a newer minor version or another major one.
-PLUGIN_API = "0.2"
+PLUGIN_API = "0.3"
 
 hookspec = pluggy.HookspecMarker("kibitz")
 hookimpl = pluggy.HookimplMarker("kibitz")

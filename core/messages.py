@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from .batching import Batcher
 from .errors import Forbidden, InvalidRequest, PayloadTooLarge, Rejected, Unavailable
+from .idempotency import SentKeys
 from .models import Conversation, Draft, LogEntry, Message, User, message_event, rfc3339
 from .plugin_manager import Hooks, SendWrappers
 from .progress import Progress
@@ -34,7 +35,6 @@ log = logging.getLogger("kibitz.messages")
 MAX_PAGE = 200
 FOLLOW_BATCH = 1000
 FOLLOW_INTERVAL = 1.0
-MAX_UNCERTAIN = 10_000
 REPORT_ABOVE = 50_000  # log positions to catch up with before progress is shown
 
 
@@ -58,10 +58,8 @@ class Messages:
         self.follower = follower
         self._in_flight: dict[tuple[int, str], asyncio.Task[tuple[Message, bytes, bool]]] = {}
         # Concurrent sends share storage round trips (see kibitz.batching).
-        self._lookups: Batcher[tuple[int, str], bytes | None] = Batcher(storage.find_sent)
         self._writes: Batcher[StoredMessage, None] = Batcher(self._store)
-        # Sends whose append failed without a clear answer: the log may hold them anyway.
-        self._uncertain: dict[tuple[int, str], None] = {}
+        self.keys = SentKeys(storage, follower, app.instance_id)
 
     def check_body(self, body: str) -> None:
         """400 for an empty body, 413 for one over the limit."""
@@ -114,11 +112,12 @@ class Messages:
     async def _send_once(
         self, sender: User, conversation: Conversation, body: str, client_msg_id: str, turn: Turn | None
     ) -> tuple[Message, bytes, bool]:
-        existing = await self._find_sent(sender.id, client_msg_id)
+        existing = await self.keys.claim(sender.id, client_msg_id)
         if existing is not None:
             return Message.from_json(existing), existing, False
         full = self.app.disk.problem()
         if full is not None:  # refused before anything is written (kibitz.disk)
+            await self.keys.release(sender.id, client_msg_id)
             raise Unavailable(full, retry_after=30)
         message, data = await self._accept(sender, conversation, body, client_msg_id, turn)
         return message, data, True
@@ -135,22 +134,6 @@ class Messages:
             raise PayloadTooLarge(f"body: at most {self.max_chars} characters (after plugins)")
         return body
 
-    def _mark_uncertain(self, sender_id: int, client_msg_id: str) -> None:
-        self._uncertain[(sender_id, client_msg_id)] = None
-        while len(self._uncertain) > MAX_UNCERTAIN:
-            del self._uncertain[next(iter(self._uncertain))]
-
-    async def _find_sent(self, sender_id: int, client_msg_id: str) -> bytes | None:
-        """The message already accepted for this key, if any.
-
-        After an append whose outcome was unknown (a timeout), the message may be in the
-        log but not yet in storage: storage catches up with the log before answering.
-        """
-        if (sender_id, client_msg_id) in self._uncertain:
-            await self.follower.catch_up()
-            del self._uncertain[(sender_id, client_msg_id)]
-        return await self._lookups.submit((sender_id, client_msg_id))
-
     async def _accept(
         self, sender: User, conversation: Conversation, body: str, client_msg_id: str, turn: Turn | None
     ) -> tuple[Message, bytes]:
@@ -159,7 +142,11 @@ class Messages:
         try:
             await wrappers.before(draft=draft, sender=sender, conversation=conversation, app=self.app)
         except Rejected as e:
+            await self.keys.release(sender.id, client_msg_id)
             raise Forbidden(e.reason) from None
+        except Exception:
+            await self.keys.release(sender.id, client_msg_id)
+            raise
         try:
             body = self._checked_body(draft.body)
             if turn is not None:
@@ -173,8 +160,9 @@ class Messages:
                 client_msg_id=client_msg_id,
                 created_at=rfc3339(int(now * 1000)),
             )
-        except Exception:
+        except Exception:  # nothing was written: the key is free again
             await wrappers.abort()
+            await self.keys.release(sender.id, client_msg_id)
             raise
         data = message.to_json()
         # The append joins the commit queue when its task starts: tasks start in the order
@@ -188,7 +176,7 @@ class Messages:
             await commit
         except Exception as e:
             await wrappers.abort()
-            self._mark_uncertain(sender.id, client_msg_id)
+            self.keys.uncertain(sender.id, client_msg_id)
             log.warning("append_failed", extra={"error": f"{type(e).__name__}: {e}"})
             raise Unavailable(
                 "the message queue did not accept the message; retry with the same client_msg_id"
@@ -197,7 +185,7 @@ class Messages:
             await self._writes.submit(StoredMessage.of(message, data))
         except Exception as e:
             # Durable in the log already: the follower stores it once storage answers again.
-            self._mark_uncertain(sender.id, client_msg_id)
+            self.keys.uncertain(sender.id, client_msg_id)
             log.warning("storage_append_failed", extra={"error": f"{type(e).__name__}: {e}"})
             raise Unavailable("history storage did not answer; retry with the same client_msg_id") from None
         self.app.metrics.accepted(time.time() - now)

@@ -28,6 +28,9 @@ The rules every slot keeps (``kibitz.testing`` checks them):
   (and to this one), and a transport serving one instance says so in its docs.
 - **Idempotence.** Storage appends may repeat (a replay of the log after a crash) and
   change nothing the second time; ``forget_before`` may run on several instances at once.
+  A storage serving several instances keeps its claims (``claim_sent``) where all of
+  them see them, so that one ``client_msg_id`` gives one message whichever instance a
+  resend reaches.
 - **No blocking.** Every method runs on the event loop: blocking work goes to a thread.
 """
 
@@ -217,6 +220,19 @@ class Storage(Restorable, Diagnosable, Protocol):
 
     async def find_sent(self, keys: Sequence[tuple[int, str]]) -> list[bytes | None]:
         """For each ``(sender_id, client_msg_id)``: the message already sent with it, or None."""
+
+    async def claim_sent(self, keys: Sequence[tuple[int, str]], owner: str, ttl: float) -> list[bytes | bool]:
+        """For each ``(sender_id, client_msg_id)``, as ``find_sent`` and then atomically
+        with it: the message already sent with the key (bytes); else ``False`` while
+        another ``owner`` holds an unexpired claim on it; else ``True``: ``owner`` (an
+        instance id) now holds the key for ``ttl`` seconds (its own claim is taken again).
+        The core claims a key before it appends the send, so that a resend reaching
+        another instance meanwhile waits for the message instead of sending it again.
+        Added in 0.3."""
+
+    async def release_sent(self, keys: Sequence[tuple[int, str]], owner: str) -> None:
+        """Drop ``owner``'s claims on these keys: their sends ended before anything was
+        written. Added in 0.3."""
 
     async def forget_before(self, message_id: int) -> int:
         """Delete every message whose id is below ``message_id``, from every conversation

@@ -177,6 +177,7 @@ class MemoryStorage:
         self._by_sender: defaultdict[tuple[int, int], list[int]] = defaultdict(list)
         self._conversation_of: dict[int, int] = {}
         self._sent: dict[tuple[int, str], bytes] = {}
+        self._claims: dict[tuple[int, str], tuple[str, float]] = {}  # key: (owner, expiry)
         self._position = 0
 
     async def start(self, app: App) -> None:
@@ -203,6 +204,7 @@ class MemoryStorage:
             self._json[m.id] = m.json
             self._conversation_of[m.id] = m.conversation_id
             self._sent.setdefault((m.sender_id, m.client_msg_id), m.json)
+            self._claims.pop((m.sender_id, m.client_msg_id), None)  # the message answers now
         if through is not None:
             self._position = max(self._position, through)
 
@@ -237,6 +239,25 @@ class MemoryStorage:
 
     async def find_sent(self, keys: Sequence[tuple[int, str]]) -> list[bytes | None]:
         return [self._sent.get(key) for key in keys]
+
+    async def claim_sent(self, keys: Sequence[tuple[int, str]], owner: str, ttl: float) -> list[bytes | bool]:
+        now = time.monotonic()
+        found: list[bytes | bool] = []
+        for key in keys:
+            holder, expiry = self._claims.get(key, (owner, 0.0))
+            if key in self._sent:
+                found.append(self._sent[key])
+            elif holder != owner and expiry > now:
+                found.append(False)
+            else:
+                self._claims[key] = (owner, now + ttl)
+                found.append(True)
+        return found
+
+    async def release_sent(self, keys: Sequence[tuple[int, str]], owner: str) -> None:
+        for key in keys:
+            if self._claims.get(key, ("",))[0] == owner:
+                del self._claims[key]
 
     async def forget_before(self, message_id: int) -> int:
         gone = [i for i in self._json if i < message_id]

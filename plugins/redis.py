@@ -26,6 +26,9 @@ Key layout (``P`` is the prefix, ids are decimal):
 ``P client_msg:<sender_id>:<client_msg_id>``
     String: the JSON of the message the sender sent with that ``client_msg_id``; set once
     (NX), kept ``CLIENT_MSG_TTL`` (30 days) for idempotent resends.
+``P claim:<sender_id>:<client_msg_id>``
+    String: the instance that claimed the key for a send not stored yet, for 120 s
+    (``Storage.claim_sent``); deleted when the message is stored. Not backed up.
 ``P position``
     String: the transport position through which every message is stored; only grows.
 
@@ -100,12 +103,48 @@ for i = 4, #ARGV, 5 do
   redis.call('ZADD', p .. 'history:' .. cid, id, json)
   redis.call('ZADD', p .. 'by_sender:' .. cid .. ':' .. sender, id, id)
   redis.call('SET', p .. 'client_msg:' .. sender .. ':' .. cmid, json, 'EX', ttl, 'NX')
+  redis.call('DEL', p .. 'claim:' .. sender .. ':' .. cmid)
 end
 if through ~= '' then
   local key = p .. 'position'
   local cur = redis.call('GET', key)
   if not cur or #through > #cur or (#through == #cur and through > cur) then
     redis.call('SET', key, through)
+  end
+end
+return 1
+"""
+
+
+# For each key, atomically: the message sent with it; else 0 if another owner claims it;
+# else 1, and the key is claimed by ARGV[2] for ARGV[3] ms. ARGV: prefix, owner, ttl, then
+# sender id and client_msg_id of each key.
+_CLAIM = """
+local p, owner, ttl = ARGV[1], ARGV[2], ARGV[3]
+local found = {}
+for i = 4, #ARGV, 2 do
+  local key = ARGV[i] .. ':' .. ARGV[i + 1]
+  local sent = redis.call('GET', p .. 'client_msg:' .. key)
+  local holder = redis.call('GET', p .. 'claim:' .. key)
+  if sent then
+    found[#found + 1] = sent
+  elseif holder and holder ~= owner then
+    found[#found + 1] = 0
+  else
+    redis.call('SET', p .. 'claim:' .. key, owner, 'PX', ttl)
+    found[#found + 1] = 1
+  end
+end
+return found
+"""
+
+# Delete each key's claim if ARGV[2] holds it. ARGV: prefix, owner, then sender id and
+# client_msg_id of each key.
+_RELEASE = """
+for i = 3, #ARGV, 2 do
+  local claim = ARGV[1] .. 'claim:' .. ARGV[i] .. ':' .. ARGV[i + 1]
+  if redis.call('GET', claim) == ARGV[2] then
+    redis.call('DEL', claim)
   end
 end
 return 1
@@ -152,7 +191,10 @@ class RedisStorage:
         self.server: ChildProcess | None = None
         self._redis: Redis | None = None
         self._position_key = f"{prefix}position"
+        self._claims_prefix = f"{prefix}claim:".encode()
         self._append_script: AsyncScript | None = None
+        self._claim_script: AsyncScript | None = None
+        self._release_script: AsyncScript | None = None
 
     async def start(self, app: App) -> None:
         """Start the embedded redis-server if configured, connect, wait until it answers."""
@@ -170,6 +212,8 @@ class RedisStorage:
             client_name="kibitz",
         )
         self._append_script = self._redis.register_script(_APPEND)
+        self._claim_script = self._redis.register_script(_CLAIM)
+        self._release_script = self._redis.register_script(_RELEASE)
         try:
             await self._wait_loaded()
         except Exception:
@@ -302,6 +346,26 @@ class RedisStorage:
         # redis-py types a reply bytes | str; it is bytes, as the client does not decode.
         return cast("list[bytes | None]", await self._client.mget([self._client_msg(s, c) for s, c in keys]))
 
+    @_answers
+    async def claim_sent(self, keys: Sequence[tuple[int, str]], owner: str, ttl: float) -> list[bytes | bool]:
+        """One script call for the batch: each key's message, or its claim (``P claim:...``)."""
+        if not keys:
+            return []
+        assert self._claim_script is not None, "redis storage is not started"
+        args: list[str | int] = [self.prefix, owner, int(ttl * 1000)]
+        for sender_id, client_msg_id in keys:
+            args += (sender_id, client_msg_id)
+        found = await self._claim_script(args=args)
+        return [bool(f) if isinstance(f, int) else f for f in found]
+
+    @_answers
+    async def release_sent(self, keys: Sequence[tuple[int, str]], owner: str) -> None:
+        assert self._release_script is not None, "redis storage is not started"
+        args: list[str | int] = [self.prefix, owner]
+        for sender_id, client_msg_id in keys:
+            args += (sender_id, client_msg_id)
+        await self._release_script(args=args)
+
     async def diagnose(self) -> list[Finding]:
         """For ``kibitz doctor``: the embedded binary, or an external Redis's version and persistence."""
         what = "storage redis"
@@ -366,8 +430,8 @@ class RedisStorage:
         yield orjson.dumps({"position": position})
         keys: list[bytes] = []
         async for key in self._client.scan_iter(match=f"{_glob_escape(self.prefix)}*", count=1000):
-            if key != self._position_key.encode():
-                keys.append(key)
+            if key != self._position_key.encode() and not key.startswith(self._claims_prefix):
+                keys.append(key)  # (claims are of sends in flight: nothing to restore)
             if len(keys) == BACKUP_BATCH:
                 for record in await self._dump_keys(keys):
                     yield record

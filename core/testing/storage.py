@@ -19,6 +19,7 @@ import pytest
 
 from ..models import Message
 from ..slots import Page, StoredMessage
+from .waiting import wait_until
 
 CID = 7_000_000_001
 IDS = list(range(10, 101, 10))  # 10, 20, ..., 100: gaps let bounds fall between ids
@@ -131,6 +132,30 @@ class StorageContract:
         assert not page.has_more
         assert await storage.unread_counts([(CID, 1, 0), (CID, 2, 30)]) == before
         assert (await storage.find_sent([(2, "c10")]))[0] == batch[0].json
+
+    async def test_a_claim_holds_its_key_for_its_owner_until_the_message_is_stored(
+        self, storage: Any
+    ) -> None:
+        key = (1, "claimed")
+        assert await storage.claim_sent([key], "instance-a", 60) == [True]
+        assert await storage.claim_sent([key, (1, "free")], "instance-b", 60) == [False, True]
+        assert await storage.claim_sent([key], "instance-a", 60) == [True]  # its own, again
+        stored = message(50, cmid="claimed")
+        await storage.append([stored])
+        assert await storage.claim_sent([key], "instance-b", 60) == [stored.json]
+
+    async def test_a_released_or_expired_claim_frees_its_key(self, storage: Any) -> None:
+        released, expiring = (1, "released"), (1, "expiring")
+        assert await storage.claim_sent([released, expiring], "instance-a", 0.3) == [True, True]
+        await storage.release_sent([released], "instance-b")  # not b's to release
+        assert await storage.claim_sent([released], "instance-b", 60) == [False]
+        await storage.release_sent([released], "instance-a")
+        assert await storage.claim_sent([released], "instance-b", 60) == [True]
+
+        async def expired() -> bool:
+            return bool(await storage.claim_sent([expiring], "instance-b", 60) == [True])
+
+        await wait_until(expired, 10, "the claim to expire")
 
     async def test_ids_up_to_2_to_the_53(self, storage: Any) -> None:
         for bad in (0, 2**53 + 1):

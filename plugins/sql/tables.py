@@ -87,6 +87,17 @@ messages = sa.Table(
     sa.Index("ix_sql_messages_client_msg", "sender_id", "client_msg_id"),
 )
 
+# Claims on idempotency keys of sends not stored yet (``Storage.claim_sent``): kept until
+# they expire, then swept; a claim outliving its message is harmless, the message answers.
+claims = sa.Table(
+    "sql_claims",
+    metadata,
+    sa.Column("sender_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("client_msg_id", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("expires_ms", sa.BigInteger, nullable=False, index=True),
+)
+
 stored = sa.Table(
     "sql_stored",
     metadata,
