@@ -16,13 +16,19 @@ from typing import Any, cast
 
 import pluggy
 
-from . import hookspecs
+from . import hookspecs, slots
 from .errors import ConfigError, Rejected, Unavailable
 from .metrics import Metrics
 from .settings import PluginSettings, Settings
 
 log = logging.getLogger("kibitz.plugins")
 
+SLOT_PROTOCOLS: dict[str, type] = {
+    "transport": slots.Transport,
+    "storage": slots.Storage,
+    "ids": slots.IdGenerator,
+    "notifier": slots.Notifier,
+}
 SLOT_VARIABLES = {
     "transport": "KIBITZ_TRANSPORT",
     "storage": "KIBITZ_STORAGE",
@@ -149,6 +155,13 @@ def fill_slot(pm: pluggy.PluginManager, slot: str, name: str, settings: Settings
     if found is None:
         raise ConfigError(
             f"{SLOT_VARIABLES[slot]}={name!r}: no installed plugin provides a {slot} by that name"
+        )
+    protocol = SLOT_PROTOCOLS[slot]
+    missing = [m for m, f in vars(protocol).items() if callable(f) and m[0] != "_" and not hasattr(found, m)]
+    if missing:  # written for an older contract: refused now, not with a 500 at its first use
+        raise ConfigError(
+            f"{SLOT_VARIABLES[slot]}={name!r}: the plugin lacks {', '.join(missing)} of kibitz.slots."
+            f"{protocol.__name__} (plugin API {hookspecs.PLUGIN_API}): upgrade it"
         )
     _refuse_unknown(plugin_settings, name)
     return found

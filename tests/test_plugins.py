@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -17,10 +18,11 @@ import httpx
 import pluggy
 import pytest
 
-from kibitz import Draft, Message, Rejected, hookimpl
-from kibitz.errors import Unavailable
+from kibitz import Draft, Message, PluginSettings, Rejected, hookimpl
+from kibitz.errors import ConfigError, Unavailable
 from kibitz.metrics import Metrics
-from kibitz.plugin_manager import Hooks, create_plugin_manager
+from kibitz.plugin_manager import Hooks, create_plugin_manager, fill_slot
+from kibitz.plugins.memory import MemoryStorage
 from kibitz.settings import load_settings
 from kibitz.supervisor import free_port
 
@@ -529,3 +531,20 @@ async def test_the_example_plugin_sees_startup_and_connections(client: Client) -
     while (await counts())["closed"] < before["closed"] + 1:
         assert asyncio.get_running_loop().time() < deadline, "connection_closed never ran"
         await asyncio.sleep(POLL_INTERVAL)
+
+
+def test_a_slot_plugin_lacking_a_method_of_its_slot_is_refused_before_it_starts() -> None:
+    """A storage written for plugin API 0.2 has no claim_sent: one line at start-up, not a 500 later."""
+    old = type("OldStorage", (), {k: v for k, v in vars(MemoryStorage).items() if "_sent" not in k})
+
+    class Provides:
+        @hookimpl
+        def register_storage(self, name: str, settings: PluginSettings) -> object | None:
+            return old() if name == "old" else None
+
+    settings = load_settings(environ={"KIBITZ_STORAGE": "old"})
+    refused = (
+        "KIBITZ_STORAGE='old': the plugin lacks find_sent, claim_sent, release_sent of kibitz.slots.Storage"
+    )
+    with pytest.raises(ConfigError, match=re.escape(refused)):
+        fill_slot(plugin_manager(Provides()), "storage", "old", settings)
