@@ -18,7 +18,7 @@ from kibitz.supervisor import ChildProcess, find_binary, free_port
 from kibitz.testing import wait_until
 
 from .conftest import fresh_postgres_database
-from .kibitz_client import Client, Server, Socket, make_server, redis_child
+from .kibitz_client import Client, Server, Session, Socket, make_server, redis_child
 
 # Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
 pytestmark = pytest.mark.services
@@ -103,6 +103,23 @@ async def stream_leader(urls: list[str]) -> str:
         await nc.close()
 
 
+async def send_until_acknowledged(client: Client, who: Session, cid: str, key: str) -> str:
+    """Send ``key`` as a client does: the same client_msg_id again after each 503, until an
+    answer acknowledges it; the message's id."""
+    answers = []
+
+    async def acknowledged() -> bool:
+        body = {"body": key, "client_msg_id": key}
+        answer = await client.http.post(f"/conversations/{cid}/messages", json=body, headers=who.headers)
+        assert answer.status_code in (200, 201, 503), answer.text  # a clear "retry", nothing else
+        answers.append(answer)
+        return answer.status_code != 503
+
+    await wait_until(acknowledged, 60, f"send {key} to be acknowledged")
+    message_id: str = answers[-1].json()["message"]["id"]
+    return message_id
+
+
 async def test_killing_the_stream_leader_under_load_loses_nothing_acknowledged(
     clustered: tuple[list[ChildProcess], list[str], Server, Server],
 ) -> None:
@@ -118,17 +135,9 @@ async def test_killing_the_stream_leader_under_load_loses_nothing_acknowledged(
 
         async def sender(number: int) -> None:
             for sequence in range(PER_SENDER):
-                key = f"s{number}-{sequence}"
-                body = {"body": key, "client_msg_id": key}
-                while True:  # as a client does: the same client_msg_id until it is acknowledged
-                    answer = await at_one.http.post(
-                        f"/conversations/{cid}/messages", json=body, headers=alice.headers
-                    )
-                    if answer.status_code in (200, 201):
-                        break
-                    assert answer.status_code == 503, answer.text  # a clear "retry", nothing else
-                    await asyncio.sleep(0.05)  # the pause between retries of one send
-                acknowledged.append(answer.json()["message"]["id"])
+                acknowledged.append(
+                    await send_until_acknowledged(at_one, alice, cid, f"s{number}-{sequence}")
+                )
                 if len(acknowledged) == SENDERS * PER_SENDER // 4 and not killed.is_set():
                     killed.set()
                     node = next(n for n in nodes if n.name == f"nats-{leader}")
