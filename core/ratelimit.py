@@ -34,6 +34,7 @@ MAX_KEYS = 100_000  # keys a local window keeps before it forgets the idle ones
 SHARED_TIMEOUT = 1.0  # seconds a shared window waits for Redis before it lets a hit through
 FRAME_BURST = 300  # frames one WebSocket may send at once
 FRAME_RATE = 50  # frames per second sustained, per WebSocket
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")  # a Redis Cluster's seed nodes follow
 
 log = logging.getLogger("kibitz.ratelimit")
 
@@ -166,16 +167,27 @@ class Bucket:
 
 
 class RateLimits:
-    """Every limit of one instance, local or shared by ``url`` (a ``redis://`` URL, or "")."""
+    """Every limit of one instance, local or shared by ``url`` (a Redis or Redis Cluster URL, or "")."""
 
     def __init__(self, enabled: bool, url: str = "") -> None:
         self.enabled = enabled
         self._pool: ConnectionPool | None = None
+        self._cluster: Any = None
         limiter: MovingWindowRateLimiter | None = None
-        if url:
-            self._pool = ConnectionPool.from_url(
-                url, socket_timeout=SHARED_TIMEOUT, socket_connect_timeout=SHARED_TIMEOUT
+        timeouts = {"socket_timeout": SHARED_TIMEOUT, "socket_connect_timeout": SHARED_TIMEOUT}
+        if url.startswith(CLUSTER_SCHEMES):
+            # limits makes the redis-py RedisCluster from the seed nodes; kept here to close.
+            scheme, _, nodes = url.partition("://")
+            cluster: Any = storage_from_string(
+                f"async+redis+cluster://{nodes}",
+                implementation="redispy",
+                ssl=scheme == "rediss+cluster",
+                **timeouts,
             )
+            self._cluster = cluster.bridge.storage
+            limiter = MovingWindowRateLimiter(cluster)
+        elif url:
+            self._pool = ConnectionPool.from_url(url, **timeouts)
             # limits types its options as scalars; redis-py takes the pool, kept here to close.
             pool: Any = self._pool
             storage = storage_from_string("async+redis://", implementation="redispy", connection_pool=pool)
@@ -193,6 +205,8 @@ class RateLimits:
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.disconnect()
+        if self._cluster is not None:
+            await self._cluster.aclose()
 
     async def login_attempt(self, username: str, address: str) -> None:
         """Before a password is checked: refuse if the address or the account from it is at

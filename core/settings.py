@@ -326,8 +326,13 @@ def _database_url(source: str, value: Any) -> str:
 
 def _redis_url(source: str, value: Any) -> str:
     text = str(value).strip()
-    if text and not text.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"{source}: not a Redis URL like redis://host:6379/0 (or rediss://, unix://)")
+    if text and not text.startswith(
+        ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+    ):
+        raise ConfigError(
+            f"{source}: not a Redis URL like redis://host:6379/0 (or rediss://, unix://), "
+            "nor redis+cluster://host:port,... for a Redis Cluster"
+        )
     return text
 
 

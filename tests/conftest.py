@@ -18,29 +18,37 @@ from kibitz.database import create_engine, leases, migrate
 from kibitz.supervisor import ChildProcess
 from kibitz.testing import InProcessServer, running_server
 
-from .kibitz_client import Client, Server, make_server, nats_child, redis_child
+from .kibitz_client import Client, Server, make_server, nats_child, redis_child, redis_cluster
 
 
 class SessionServices:
-    """The session's NATS JetStream and Redis, each started the first time a test needs it
-    (the fast tier needs neither), stopped at the end of the session."""
+    """The session's NATS JetStream, Redis and Redis Cluster, each started the first time a
+    test needs it (the fast tier needs none), stopped at the end of the session."""
 
     def __init__(self, folders: pytest.TempPathFactory) -> None:
         self.folders = folders
-        self.children: dict[str, ChildProcess] = {}
+        self.children: dict[str, list[ChildProcess]] = {}
+        self.urls: dict[str, str] = {}
 
     async def url(self, kind: str) -> str:
-        if kind not in self.children:
+        if kind not in self.urls:
             folder = self.folders.mktemp(kind)
-            child = nats_child(folder) if kind == "nats" else redis_child(folder)
-            await child.start()
-            self.children[kind] = child
-        port = self.children[kind].port
-        return f"nats://127.0.0.1:{port}" if kind == "nats" else f"redis://127.0.0.1:{port}/0"
+            if kind == "redis-cluster":
+                self.urls[kind], self.children[kind] = await redis_cluster(folder)
+            else:
+                child = nats_child(folder) if kind == "nats" else redis_child(folder)
+                await child.start()
+                self.children[kind] = [child]
+                port = child.port
+                self.urls[kind] = (
+                    f"nats://127.0.0.1:{port}" if kind == "nats" else f"redis://127.0.0.1:{port}/0"
+                )
+        return self.urls[kind]
 
     async def stop(self) -> None:
-        for child in self.children.values():
-            await child.stop()
+        for children in self.children.values():
+            for child in children:
+                await child.stop()
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +68,12 @@ async def nats_url(session_services: SessionServices) -> str:
 async def redis_url(session_services: SessionServices) -> str:
     """The session's redis-server."""
     return await session_services.url("redis")
+
+
+@pytest.fixture(scope="session")
+async def redis_cluster_url(session_services: SessionServices) -> str:
+    """The session's Redis Cluster of three primaries (a ``redis+cluster://`` URL)."""
+    return await session_services.url("redis-cluster")
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +100,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 # What the fast tier (``pytest -m "not services"``) leaves out: tests that need NATS, Redis,
 # PostgreSQL or a process of their own. Those using the session's services are found here
 # by their fixtures and parameters; modules that start processes themselves say so.
-SERVICE_FIXTURES = {"nats_url", "redis_url", "short_retention", "deployment"}
+SERVICE_FIXTURES = {"nats_url", "redis_url", "redis_cluster_url", "short_retention", "deployment"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by the markers added here
@@ -243,29 +257,37 @@ class Deployment:
         return server
 
 
-@pytest.fixture(scope="module")
-async def deployment(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Deployment]:
+@asynccontextmanager
+async def running_deployment(folder: Path, redis_url: str = "") -> AsyncIterator[Deployment]:
+    """A Deployment with a NATS and a PostgreSQL database of its own, and a Redis of its own
+    unless ``redis_url`` names one (for both storage and rate limits)."""
     postgres = os.environ.get("KIBITZ_TEST_DATABASE_URL")
     if not postgres:
         pytest.skip("KIBITZ_TEST_DATABASE_URL is not set")
-    folder = tmp_path_factory.mktemp("scale-out")
     nats, redis = nats_child(folder), redis_child(folder)
     await nats.start()
-    await redis.start()
+    if not redis_url:
+        await redis.start()
     try:
         async with fresh_postgres_database(postgres) as database:
             yield Deployment(
                 folder,
                 {
                     "KIBITZ_NATS_URL": f"nats://127.0.0.1:{nats.port}",
-                    "KIBITZ_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
-                    "KIBITZ_RATE_LIMIT_URL": f"redis://127.0.0.1:{redis.port}/1",
+                    "KIBITZ_REDIS_URL": redis_url or f"redis://127.0.0.1:{redis.port}/0",
+                    "KIBITZ_RATE_LIMIT_URL": redis_url or f"redis://127.0.0.1:{redis.port}/1",
                     "KIBITZ_DATABASE_URL": database,
                 },
             )
     finally:
         await redis.stop()
         await nats.stop()
+
+
+@pytest.fixture(scope="module")
+async def deployment(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Deployment]:
+    async with running_deployment(tmp_path_factory.mktemp("scale-out")) as deployment:
+        yield deployment
 
 
 @pytest.fixture(scope="module")

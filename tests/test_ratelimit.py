@@ -1,4 +1,4 @@
-"""Rate-limit windows: in memory, and shared in a real Redis by two instances' limits."""
+"""Rate-limit windows: in memory, and shared in a real Redis (or Redis Cluster) by two instances' limits."""
 
 from __future__ import annotations
 
@@ -15,14 +15,22 @@ from kibitz.supervisor import free_port
 from .conftest import SessionServices
 
 
-@pytest.fixture(params=["local", pytest.param("shared", marks=pytest.mark.services)])
+@pytest.fixture(
+    params=[
+        "local",
+        pytest.param("shared", marks=pytest.mark.services),
+        pytest.param("cluster", marks=pytest.mark.services),
+    ]
+)
 async def two(
     request: pytest.FixtureRequest, session_services: SessionServices
 ) -> AsyncIterator[tuple[RateLimits, RateLimits]]:
-    """The limits of two instances: each its own in memory, or one Redis for both."""
+    """The limits of two instances: each its own in memory, or one Redis (or Redis Cluster) for both."""
     url = ""
     if request.param == "shared":  # a database of its own on the session's Redis
         url = (await session_services.url("redis")).rsplit("/", 1)[0] + "/3"
+    elif request.param == "cluster":
+        url = await session_services.url("redis-cluster")
     first, second = RateLimits(True, url), RateLimits(True, url)
     yield first, second
     await first.close()
@@ -30,7 +38,7 @@ async def two(
 
 
 def shared(limits: tuple[RateLimits, RateLimits]) -> bool:
-    return limits[0]._pool is not None
+    return limits[0]._pool is not None or limits[0]._cluster is not None
 
 
 async def test_sends_beyond_the_window_are_refused_with_when_to_retry(

