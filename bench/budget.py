@@ -87,6 +87,20 @@ def evaluate(results: dict[str, Any]) -> list[Row]:
         )
     )
 
+    across = _get(s, "two_instances", "at_1000_per_s") or {}
+    p99s = across.get("p99_ms") or [None, None]
+    rows.append(
+        Row(
+            "  … across two instances, against one",
+            "≤ 2 times",
+            2,
+            False,
+            _num(across.get("across_over_one")),
+            "times",
+            f"p99 {p99s[1]} ms across, {p99s[0]} ms on one" if across else "",
+        )
+    )
+
     groups = _get(s, "group_fanout", "groups") or []
     hundred = [g for g in groups if g.get("members") == 100]
     rows.append(

@@ -19,6 +19,8 @@ class Sizes:
     warmup_seconds: float = 1.0
     sustained_seconds: float = 60.0
     window: int = 8  # unacknowledged sends per socket
+    # 1:1 across two instances (the same pairs, step length and window as 1:1)
+    two_instance_ladder: tuple[int, ...] = (500, 1000, 2000, 3000, 4000)
     # group fan-out
     groups: tuple[int, ...] = (10, 100, 500)
     group_workers: int = 2
@@ -63,6 +65,7 @@ QUICK = replace(
     floor_seconds=0.7,
     pairs=10,
     ladder=(200, 500, 1000),
+    two_instance_ladder=(1000,),
     step_seconds=2.0,
     warmup_seconds=0.5,
     sustained_seconds=3.0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,8 +72,11 @@ class TreeUsage:
     cpu_by_name: dict[str, float]  # CPU seconds per executable name
 
     @classmethod
-    def of(cls, pid: int) -> TreeUsage:
-        pids = tree(pid)
+    def of(cls, *kibitz: int, others: Sequence[int] = ()) -> TreeUsage:
+        """The trees of the ``kibitz`` processes and of ``others``: each process named by its
+        executable, a kibitz one ``kibitz`` (``kibitz-1``, ``kibitz-2`` ... when several)."""
+        pids = [p for root in (*kibitz, *others) for p in tree(root)]
+        names = {pid: "kibitz" if len(kibitz) == 1 else f"kibitz-{n}" for n, pid in enumerate(kibitz, 1)}
         by_name: dict[str, int] = {}
         cpu_by_name: dict[str, float] = {}
         rss = 0
@@ -82,7 +86,7 @@ class TreeUsage:
             rss += r
             cpu += c
             argv = command_line(p)
-            name = "kibitz" if p == pid else (Path(argv[0].split()[0]).name if argv else str(p))
+            name = names.get(p) or (Path(argv[0].split()[0]).name if argv else str(p))
             by_name[name] = by_name.get(name, 0) + r
             cpu_by_name[name] = cpu_by_name.get(name, 0.0) + c
         return cls(len(pids), rss, cpu, by_name, cpu_by_name)
@@ -98,6 +102,7 @@ class TreeUsage:
 
 
 def cores_text(server: dict[str, float], clients: float) -> str:
-    """CPU in cores, as printed beside a step: ``kibitz+nats+redis clients``."""
-    parts = "+".join(f"{server.get(n, 0.0):.2f}" for n in ("kibitz", "nats-server", "redis-server"))
+    """CPU in cores, as printed beside a step: ``kibitz+nats+redis clients`` (each kibitz, if several)."""
+    kibitz = sorted(n for n in server if n.startswith("kibitz"))
+    parts = "+".join(f"{server.get(n, 0.0):.2f}" for n in (*kibitz, "nats-server", "redis-server"))
     return f"  cpu {parts} clients {clients:.2f}"

@@ -1,6 +1,6 @@
 """The Kibitz under test: a real ``kibitz serve`` child process on a free loopback port.
 
-Embedded NATS and Redis (``KIBITZ_NATS_URL``/``KIBITZ_REDIS_URL`` left unset), a fresh
+Embedded NATS and Redis (unless ``settings`` name others, as bench/deployment.py's do), a fresh
 data folder, rate limits off, warnings only in its log. Started in its own process
 group, so stopping it (SIGTERM, then SIGKILL of the group after a deadline) leaves
 nothing behind.
@@ -44,9 +44,10 @@ def raise_file_limit(wanted: int = WANTED_FILES) -> int:
 class KibitzServer:
     """One ``kibitz serve`` on ``data_dir``; ``start`` may be called again after ``stop``."""
 
-    def __init__(self, data_dir: Path, log_dir: Path) -> None:
+    def __init__(self, data_dir: Path, log_dir: Path, settings: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.log_dir = log_dir
+        self.settings = settings or {}  # KIBITZ_* beyond the defaults below, e.g. external services
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -77,6 +78,7 @@ class KibitzServer:
             KIBITZ_RATE_LIMITS="off",
             KIBITZ_LOG_LEVEL="WARNING",
         )
+        env.update(self.settings)
         return env
 
     def start(self, timeout: float = 120) -> float:

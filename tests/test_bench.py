@@ -23,6 +23,7 @@ SCENARIOS = [
     "catch_up",
     "idle_connections",
     "history",
+    "two_instances",
     "sql_history",
     "startup",
 ]
@@ -60,6 +61,10 @@ def test_quick_run_measures_every_scenario(tmp_path: Path) -> None:
     assert one["steps"] and one["sustained"]["accepted"] > 0 and one["sustained"]["delivered"] > 0
     for step in one["steps"]:
         assert step["send_to_sent"]["p99_ms"] is not None
+    two = scenarios["two_instances"]
+    for placement in ("one", "across"):  # messages crossed from one instance to the other
+        assert two["steps"][placement] and all(step["delivered"] > 0 for step in two["steps"][placement])
+    assert two["at_1000_per_s"]["across_over_one"] is not None
     groups = scenarios["group_fanout"]["groups"]
     assert len(groups) >= 2 and all(g["deliveries"] > 0 for g in groups)
     idle = scenarios["idle_connections"]

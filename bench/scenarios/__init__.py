@@ -19,6 +19,7 @@ from . import (
     one_to_one,
     sql_history,
     startup,
+    two_instances,
 )
 
 Scenario = Callable[[Context], dict[str, Any]]
@@ -30,8 +31,9 @@ SCENARIOS: dict[str, Scenario] = {
     "catch_up": catch_up.run_scenario,
     "idle_connections": idle_connections.run_scenario,
     "history": history.run_scenario,
+    "two_instances": two_instances.run_scenario,  # a deployment of its own: no server
     "sql_history": sql_history.run_scenario,  # the storage alone, in databases of its own: no server
     "startup": startup.run_scenario,  # last: it restarts the server on the folder the others filled
 }
 
-STANDALONE = {"sql_history"}
+STANDALONE = {"two_instances", "sql_history"}

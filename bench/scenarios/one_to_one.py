@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import time
 from array import array
+from collections.abc import Callable
 from typing import Any
 
 from .. import api, profiler
 from ..clients import Frame, Socket, close_all, sent_at, stamped_body, until
 from ..context import Context, run, split
-from ..procstat import cores_text
+from ..procstat import TreeUsage, cores_text
 from ..stats import latency_ms, rate
 from ..workers import Pool
 
@@ -44,10 +45,12 @@ class _Step:
 
 
 class PairsAgent:
-    """Worker side: some of the pairs, their sockets, and the steps' records."""
+    """Worker side: some of the pairs, their sockets, and the steps' records. Receivers
+    connect to ``receiver_url`` if given (another instance), else to ``url`` as senders do."""
 
-    def __init__(self, url: str, pairs: list[dict[str, str]], window: int) -> None:
+    def __init__(self, url: str, pairs: list[dict[str, str]], window: int, receiver_url: str = "") -> None:
         self.url = url
+        self.receiver_url = receiver_url or url
         self.pairs = pairs
         self.window = window
         self.senders: list[Socket] = []
@@ -60,7 +63,7 @@ class PairsAgent:
         async def pair(i: int, p: dict[str, str]) -> tuple[Socket, Socket]:
             async with gate:
                 s = await Socket.open(self.url, p["sender"], lambda f, t: self._on_sender(i, f, t))
-                r = await Socket.open(self.url, p["receiver"], self._on_receiver)
+                r = await Socket.open(self.receiver_url, p["receiver"], self._on_receiver)
                 return s, r
 
         opened = await asyncio.gather(*(pair(i, p) for i, p in enumerate(self.pairs)))
@@ -149,11 +152,18 @@ def _merge(parts: list[dict[str, Any]], key: str) -> array[float]:
     return merged
 
 
-def _step(
-    ctx: Context, pool: Pool, pairs: int, offered: float, seconds: float, warmup: float, tag: str
+def measure_step(
+    usage: Callable[[], TreeUsage],
+    pool: Pool,
+    pairs: int,
+    offered: float,
+    seconds: float,
+    warmup: float,
+    tag: str,
 ) -> dict[str, Any]:
+    """One step of ``offered`` messages/s over the pool's pairs; ``usage`` reads the servers' CPU."""
     start = time.monotonic() + 0.5
-    server_before, clients_cpu, clock = ctx.server.usage(), pool.cpu_seconds(), time.monotonic()
+    server_before, clients_cpu, clock = usage(), pool.cpu_seconds(), time.monotonic()
     parts = pool.call(
         "step",
         timeout=seconds + DRAIN_SECONDS + 60,
@@ -163,7 +173,7 @@ def _step(
         seconds=seconds,
     )
     elapsed = time.monotonic() - clock
-    server_cores = ctx.server.usage().cores_since(server_before, elapsed)
+    server_cores = usage().cores_since(server_before, elapsed)
     clients_cpu = (pool.cpu_seconds() - clients_cpu) / elapsed
     begin, end = start + warmup, start + seconds
     sent_t, sent_lat = _merge(parts, "sent_t"), _merge(parts, "sent_lat")
@@ -203,7 +213,7 @@ def _step(
     return result
 
 
-def _print_step(label: str, step: dict[str, Any]) -> None:
+def print_step(label: str, step: dict[str, Any]) -> None:
     sent, deliv = step["send_to_sent"], step["send_to_delivery"]
     print(
         f"  {label:>10} offered {step['offered_per_s']:>7.0f}/s  accepted {step['accepted_per_s']:>7.0f}/s"
@@ -216,8 +226,9 @@ def _print_step(label: str, step: dict[str, Any]) -> None:
     )
 
 
-async def _conversations(ctx: Context, pairs: list[tuple[api.Device, api.Device]]) -> list[str]:
-    async with api.client(ctx.server.api, connections=10) as http:
+async def conversations(base: str, pairs: list[tuple[api.Device, api.Device]]) -> list[str]:
+    """A direct conversation of each pair, made through the API at ``base``."""
+    async with api.client(base, connections=10) as http:
         gate = asyncio.Semaphore(10)
 
         async def one(a: api.Device, b: api.Device) -> str:
@@ -231,7 +242,7 @@ def run_scenario(ctx: Context) -> dict[str, Any]:
     sizes = ctx.sizes
     users = ctx.users[: 2 * sizes.pairs]
     pairs = list(zip(users[0::2], users[1::2], strict=True))
-    cids = run(_conversations(ctx, pairs), 120)
+    cids = run(conversations(ctx.server.api, pairs), 120)
     specs = [
         {"sender": a.token, "receiver": b.token, "cid": c} for (a, b), c in zip(pairs, cids, strict=True)
     ]
@@ -244,11 +255,17 @@ def run_scenario(ctx: Context) -> dict[str, Any]:
         pool.call("connect", timeout=120)
         steps: list[dict[str, Any]] = []
         for number, offered in enumerate(sizes.ladder):
-            step = _step(
-                ctx, pool, len(specs), offered, sizes.step_seconds, sizes.warmup_seconds, f"s{number}"
+            step = measure_step(
+                ctx.server.usage,
+                pool,
+                len(specs),
+                offered,
+                sizes.step_seconds,
+                sizes.warmup_seconds,
+                f"s{number}",
             )
             steps.append(step)
-            _print_step("step", step)
+            print_step("step", step)
             if step["saturated"]:
                 break
         held = [s["offered_per_s"] for s in steps if not s["saturated"]]
@@ -256,10 +273,16 @@ def run_scenario(ctx: Context) -> dict[str, Any]:
         with profiler.record(
             ctx.server.pid, ctx.out, "one_to_one", sizes.sustained_seconds, ctx.profile, result
         ):
-            sustained = _step(
-                ctx, pool, len(specs), sustained_rate, sizes.sustained_seconds, sizes.warmup_seconds, "sus"
+            sustained = measure_step(
+                ctx.server.usage,
+                pool,
+                len(specs),
+                sustained_rate,
+                sizes.sustained_seconds,
+                sizes.warmup_seconds,
+                "sus",
             )
-        _print_step("sustained", sustained)
+        print_step("sustained", sustained)
     result["steps"] = steps
     result["sustained"] = sustained
     result["saturation_per_s"] = max((s["accepted_per_s"] for s in steps), default=0.0)
