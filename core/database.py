@@ -231,8 +231,10 @@ async def migrate(engine: AsyncEngine, to: str = "head") -> tuple[str | None, st
             await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
             await connection.commit()  # (pysqlite began nothing: it is SQLAlchemy's bookkeeping)
         try:
-            async with connection.begin():
-                if not sqlite:  # instances starting together migrate one at a time
+            async with connection.begin():  # instances starting together migrate one at a time:
+                if sqlite:  # the first takes the write lock before it reads the revision
+                    await connection.exec_driver_sql("BEGIN IMMEDIATE")
+                else:
                     await connection.execute(sa.text("SELECT pg_advisory_xact_lock(7160425)"))
                 return await connection.run_sync(upgrade)
         finally:

@@ -3,6 +3,7 @@ the Alembic migrations (what start-up runs): the migrated database must match th
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -138,3 +139,20 @@ async def test_the_backup_reads_the_database_as_one_snapshot(engine: AsyncEngine
         )
     dumped = [line async for line in rows]
     assert not any(name.encode() in line for line in dumped)
+
+
+async def test_instances_starting_together_migrate_once(empty_database: str) -> None:
+    """Four instances migrating an empty database at once: one builds the schema, the others
+    find it built (PostgreSQL takes an advisory lock; SQLite's write lock serialises them)."""
+    engines = [create_engine(empty_database) for _ in range(4)]
+    try:
+        results = await asyncio.gather(*(migrate(engine) for engine in engines))
+        head = results[0][1]
+        assert sorted(results, key=str) == sorted([(None, head)] + [(head, head)] * 3, key=str)
+        async with engines[0].connect() as db:
+            assert (await db.execute(sa.text("SELECT version_num FROM alembic_version"))).scalars().all() == [
+                head
+            ]
+    finally:
+        for engine in engines:
+            await engine.dispose()
