@@ -92,28 +92,26 @@ async def redis_storage(tmp_path: Path, redis_url: str) -> AsyncIterator[Any]:
 
 class TestRedisStorage(StorageContract):
     @pytest.fixture
-    async def storage(self, tmp_path: Path, redis_url: str) -> AsyncIterator[Any]:
-        async with redis_storage(tmp_path, redis_url) as storage:
+    def url(self, redis_url: str) -> str:
+        return redis_url
+
+    @pytest.fixture
+    async def storage(self, tmp_path: Path, url: str) -> AsyncIterator[Any]:
+        async with redis_storage(tmp_path, url) as storage:
             yield storage
 
     @pytest.fixture
-    async def empty_storage(self, tmp_path: Path, redis_url: str) -> AsyncIterator[Any]:
-        async with redis_storage(tmp_path, redis_url) as storage:
+    async def empty_storage(self, tmp_path: Path, url: str) -> AsyncIterator[Any]:
+        async with redis_storage(tmp_path, url) as storage:
             yield storage
 
 
-class TestRedisClusterStorage(StorageContract):
+class TestRedisClusterStorage(TestRedisStorage):
     """The redis storage on a Redis Cluster of three primaries."""
 
     @pytest.fixture
-    async def storage(self, tmp_path: Path, redis_cluster_url: str) -> AsyncIterator[Any]:
-        async with redis_storage(tmp_path, redis_cluster_url) as storage:
-            yield storage
-
-    @pytest.fixture
-    async def empty_storage(self, tmp_path: Path, redis_cluster_url: str) -> AsyncIterator[Any]:
-        async with redis_storage(tmp_path, redis_cluster_url) as storage:
-            yield storage
+    def url(self, redis_cluster_url: str) -> str:
+        return redis_cluster_url
 
 
 @asynccontextmanager
