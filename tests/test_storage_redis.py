@@ -4,6 +4,7 @@ tested in ``test_slot_contracts.py``."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -109,33 +110,36 @@ async def test_key_layout(storage: RedisStorage, redis_url: str) -> None:
 
 
 async def test_keys_of_layout_1_are_renamed_once(redis_url: str, tmp_path: Path) -> None:
-    """A Redis written by Kibitz 0.1 (keys without hash tags) is read after the upgrade."""
+    """A Redis written by Kibitz 0.1 (keys without hash tags) is read after the upgrade,
+    which two instances starting at once both run."""
     prefix = f"test:{uuid.uuid4().hex}:"
     m = message(42, sender=9, cmid="k")
     raw = Redis.from_url(redis_url)
+    others = [CID + n for n in range(1, 300)]
     await raw.zadd(f"{prefix}history:{CID}", {m.json: 42})
+    for cid in others:
+        await raw.zadd(f"{prefix}history:{cid}", {m.json: 42})
     await raw.zadd(f"{prefix}by_sender:{CID}:9", {b"42": 42})
     await raw.set(f"{prefix}client_msg:9:k", m.json, ex=3600)
     await raw.set(f"{prefix}claim:9:other", b"gone")
     await raw.set(f"{prefix}position", b"3")
-    storage = RedisStorage(PluginSettings("redis", {"url": redis_url, "prefix": prefix}, {}))
-    await storage.start(App(tmp_path))
+    storages = [
+        RedisStorage(PluginSettings("redis", {"url": redis_url, "prefix": prefix}, {})) for _ in range(2)
+    ]
+    await asyncio.gather(*(s.start(App(tmp_path / str(n))) for n, s in enumerate(storages)))
+    storage = storages[0]
     try:
         assert (await storage.page(CID, None, None, 10)).messages == [m.json]
         assert await storage.unread_counts([(CID, 9, 0), (CID, 1, 0)]) == [0, 1]
         assert await storage.find_sent([(9, "k")]) == [m.json]
         assert await storage.position() == 3
-        names = sorted([key.decode()[len(prefix) :] async for key in raw.scan_iter(match=f"{prefix}*")])
-        assert names == [
-            f"by_sender:{{{CID}}}:9",
-            "client_msg:{9}:k",
-            f"history:{{{CID}}}",
-            "layout",
-            "position",
-        ]
+        names = {key.decode()[len(prefix) :] async for key in raw.scan_iter(match=f"{prefix}*")}
+        kept = {f"by_sender:{{{CID}}}:9", "client_msg:{9}:k", f"history:{{{CID}}}", "layout", "position"}
+        assert names == kept | {f"history:{{{cid}}}" for cid in others}
         assert 3500 < await raw.ttl(f"{prefix}client_msg:{{9}}:k") <= 3600
     finally:
-        await storage.close()
+        for started in storages:
+            await started.close()
         keys = [key async for key in raw.scan_iter(match=f"{prefix}*")]
         await raw.delete(*keys)
         await raw.aclose()

@@ -35,11 +35,13 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar, cast
 
 import orjson
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
-from redis.exceptions import BusyLoadingError, RedisError
+from redis.exceptions import BusyLoadingError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -153,7 +155,8 @@ class RedisStorage:
 
     async def _upgrade_layout(self) -> None:
         """Rename the keys of layout 1 (no hash tags, Kibitz 0.1) once, on one Redis; a
-        cluster could never hold them. Stale claims are dropped: they expire anyway."""
+        cluster could never hold them. Stale claims are dropped: they expire anyway. An
+        instance starting beside this one may rename a key first: that is no error."""
         if await self._client.exists(self.keys.layout):
             return
         pipe = self._client.pipeline(transaction=False)
@@ -165,7 +168,9 @@ class RedisStorage:
             elif (new := retagged(name)) != name:
                 pipe.rename(key, self.prefix.encode() + new)
                 renamed += 1
-        await pipe.execute()
+            if len(pipe) == BACKUP_BATCH:
+                await _renamed(pipe)
+        await _renamed(pipe)
         await self._client.set(self.keys.layout, LAYOUT)
         if renamed:
             log.info("storage_layout_upgraded", extra={"keys": renamed, "layout": LAYOUT.decode()})
@@ -434,6 +439,13 @@ class RedisStorage:
         if self._redis is None:
             raise RuntimeError("redis storage is not started")
         return self._redis
+
+
+async def _renamed(pipe: Pipeline | ClusterPipeline) -> None:
+    """Run a pipeline of RENAME and DEL; a key already renamed by another instance is fine."""
+    for reply in await pipe.execute(raise_on_error=False):
+        if isinstance(reply, ResponseError) and "no such key" not in str(reply):
+            raise reply
 
 
 def _members(reply: object) -> list[bytes]:
