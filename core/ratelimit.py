@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from limits import RateLimitItemPerSecond
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -176,13 +177,18 @@ class RateLimits:
         limiter: MovingWindowRateLimiter | None = None
         timeouts = {"socket_timeout": SHARED_TIMEOUT, "socket_connect_timeout": SHARED_TIMEOUT}
         if url.startswith(CLUSTER_SCHEMES):
-            # limits makes the redis-py RedisCluster from the seed nodes; kept here to close.
-            scheme, _, nodes = url.partition("://")
+            # limits makes the redis-py RedisCluster from the seed nodes (kept here to close);
+            # it would take the credentials undecoded from the URL, so they go in decoded.
+            scheme, _, rest = url.partition("://")
+            auth, _, nodes = rest.partition("/")[0].rpartition("@")
+            username, _, password = (unquote(part) for part in auth.partition(":"))
+            credentials = {k: v for k, v in (("username", username), ("password", password)) if v}
             cluster: Any = storage_from_string(
                 f"async+redis+cluster://{nodes}",
                 implementation="redispy",
                 ssl=scheme == "rediss+cluster",
                 **timeouts,
+                **credentials,
             )
             self._cluster = cluster.bridge.storage
             limiter = MovingWindowRateLimiter(cluster)

@@ -101,3 +101,16 @@ async def test_a_shared_window_whose_redis_is_away_lets_hits_through(
         assert [r.getMessage() for r in caplog.records].count("rate_limit_storage_failed") == 3
     finally:
         await limits.close()
+
+
+async def test_a_cluster_url_gives_limits_its_seed_nodes_and_credentials_decoded() -> None:
+    limits = RateLimits(True, "redis+cluster://us%3Aer:p%40ss@127.0.0.1:1,127.0.0.1:2")
+    try:
+        cluster = limits._cluster
+        assert [n.name for n in cluster.startup_nodes] == ["127.0.0.1:1", "127.0.0.1:2"]
+        assert (cluster.connection_kwargs["username"], cluster.connection_kwargs["password"]) == (
+            "us:er",
+            "p@ss",
+        )
+    finally:
+        await limits.close()

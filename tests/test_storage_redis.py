@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.connection import SSLConnection
 
 from kibitz import ConfigError, Message, PluginSettings, StoredMessage
 from kibitz.plugins.redis import RedisStorage, register_storage
 from kibitz.plugins.redis import storage as redis_storage
+from kibitz.plugins.redis.server import connect
 from kibitz.testing.storage import CID, IDS, ids, message
 
 # Starts processes or services of its own: not in the fast tier (pytest -m 'not services').
@@ -61,6 +63,11 @@ BAD_URLS = [
     "redis://127.0.0.1:notaport/0",
     "unix://",
     "redis://[::1",
+    "redis+cluster://",
+    "redis+cluster://node-1",
+    "redis+cluster://node-1:6379,node-2",
+    "redis+cluster://::1:7000",
+    "redis+cluster://node-1:6379/3",
 ]
 
 
@@ -70,6 +77,19 @@ def test_bad_url_is_a_config_error(url: str) -> None:
         RedisStorage(PluginSettings("redis", {"url": url}, {}))
     with pytest.raises(ConfigError, match=r"^KIBITZ_REDIS_URL="):
         RedisStorage(PluginSettings("redis", {"url": "embedded"}, {"KIBITZ_REDIS_URL": url}))
+
+
+def test_a_cluster_url_names_its_seed_nodes_and_credentials() -> None:
+    url = "rediss+cluster://us%3Aer:p%40ss%2Fw@node-1:7000,[::1]:7001,10.0.0.3:7002/0"
+    storage = RedisStorage(PluginSettings("redis", {"url": url}, {}))
+    assert storage.cluster
+    client = connect(url)
+    assert [n.name for n in client.startup_nodes] == ["node-1:7000", "::1:7001", "10.0.0.3:7002"]
+    assert (client.connection_kwargs["username"], client.connection_kwargs["password"]) == ("us:er", "p@ss/w")
+    assert client.connection_kwargs["connection_class"] is SSLConnection
+    with pytest.raises(ConfigError, match="braces are Redis Cluster hash tags"):
+        RedisStorage(PluginSettings("redis", {"url": url, "prefix": "{kibitz}:"}, {}))
+    assert RedisStorage(PluginSettings("redis", {"url": "redis://h:1/0", "prefix": "{kibitz}:"}, {}))
 
 
 def test_config_errors_hide_passwords_and_check_types() -> None:
@@ -122,6 +142,7 @@ async def test_keys_of_layout_1_are_renamed_once(redis_url: str, tmp_path: Path)
     await raw.zadd(f"{prefix}by_sender:{CID}:9", {b"42": 42})
     await raw.set(f"{prefix}client_msg:9:k", m.json, ex=3600)
     await raw.set(f"{prefix}claim:9:other", b"gone")
+    await raw.set(f"{prefix}claim:{{9}}:live", b"an instance already upgraded")
     await raw.set(f"{prefix}position", b"3")
     storages = [
         RedisStorage(PluginSettings("redis", {"url": redis_url, "prefix": prefix}, {})) for _ in range(2)
@@ -135,6 +156,7 @@ async def test_keys_of_layout_1_are_renamed_once(redis_url: str, tmp_path: Path)
         assert await storage.position() == 3
         names = {key.decode()[len(prefix) :] async for key in raw.scan_iter(match=f"{prefix}*")}
         kept = {f"by_sender:{{{CID}}}:9", "client_msg:{9}:k", f"history:{{{CID}}}", "layout", "position"}
+        kept.add("claim:{9}:live")  # a claim of today's layout is of a send in flight
         assert names == kept | {f"history:{{{cid}}}" for cid in others}
         assert 3500 < await raw.ttl(f"{prefix}client_msg:{{9}}:k") <= 3600
     finally:
@@ -258,3 +280,10 @@ async def test_a_batch_over_every_node_of_a_cluster(redis_cluster_url: str, tmp_
         assert "appendfsync always" in findings[-1].fix  # the test's nodes fsync every second
     finally:
         await storage.close()
+
+
+async def test_doctor_says_when_a_cluster_url_names_no_cluster(redis_url: str) -> None:
+    port = redis_url.rsplit(":", 1)[1].split("/")[0]
+    storage = RedisStorage(PluginSettings("redis", {"url": f"redis+cluster://127.0.0.1:{port}"}, {}))
+    (finding,) = await storage.diagnose()
+    assert finding.level == "fail" and "cannot reach" in finding.detail, finding

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import parse_url
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from kibitz import ChildProcess, ConfigError, Finding, find_binary, free_port, redact_url
 
@@ -32,22 +33,51 @@ def is_cluster(url: str) -> bool:
     return url.startswith(tuple(f"{scheme}://" for scheme in CLUSTER_SCHEMES))
 
 
+@dataclass(frozen=True)
+class ClusterSeeds:
+    """What a ``redis+cluster://`` URL says: seed nodes, credentials, TLS."""
+
+    nodes: list[tuple[str, int]]
+    username: str | None
+    password: str | None
+    tls: bool
+
+
+def cluster_seeds(url: str) -> ClusterSeeds:
+    """Read a ``redis+cluster://[user:password@]host:port,...[/0]`` URL; ValueError says what is wrong."""
+    scheme, _, rest = url.partition("://")
+    netloc, _, path = rest.partition("/")
+    if path not in ("", "0"):
+        raise ValueError("a Redis Cluster has database 0 only, and its URL takes no options")
+    auth, _, hosts = netloc.rpartition("@")
+    username, _, password = auth.partition(":")
+    nodes = []
+    for host in hosts.split(","):
+        place = urlsplit(f"//{host}")
+        try:
+            port = place.port
+        except ValueError:
+            port = None
+        if not place.hostname or port is None:
+            raise ValueError(
+                f"each cluster node must be host:port (an IPv6 address in brackets), not {host!r}"
+            )
+        nodes.append((place.hostname, port))
+    return ClusterSeeds(
+        nodes, unquote(username) or None, unquote(password) or None, scheme == "rediss+cluster"
+    )
+
+
 def connect(url: str, **options: Any) -> Client:
     """A client for one Redis or, for a ``redis+cluster://`` URL, for a Redis Cluster."""
     if not is_cluster(url):
         return Redis.from_url(url, **options)
-    scheme, _, rest = url.partition("://")
-    auth, _, hosts = rest.split("/", 1)[0].rpartition("@")
-    username, _, password = auth.partition(":")
-    nodes = [
-        ClusterNode(host, int(port or 6379))
-        for host, _, port in (h.rpartition(":") for h in hosts.split(","))
-    ]
+    seeds = cluster_seeds(url)
     return RedisCluster(
-        startup_nodes=nodes,
-        username=unquote(username) or None,
-        password=unquote(password) or None,
-        ssl=scheme == "rediss+cluster",
+        startup_nodes=[ClusterNode(host, port) for host, port in seeds.nodes],
+        username=seeds.username,
+        password=seeds.password,
+        ssl=seeds.tls,
         **options,
     )
 
@@ -60,11 +90,10 @@ def check_url(source: str, url: str) -> str:
     except ValueError:
         scheme = ""
     if scheme in CLUSTER_SCHEMES:
-        hosts = url.partition("://")[2].split("/", 1)[0].rpartition("@")[2]
-        for host in hosts.split(","):
-            name, _, port = host.rpartition(":")
-            if not name or not port.isdigit():
-                raise ConfigError(f"{source}={shown!r}: each cluster node must be host:port, not {host!r}")
+        try:
+            cluster_seeds(url)
+        except ValueError as e:
+            raise ConfigError(f"{source}={shown!r}: {e}") from None
         return url
     if scheme not in SCHEMES:
         raise ConfigError(
@@ -109,7 +138,7 @@ async def diagnose(url: str, timeout: float) -> list[Finding]:
             fix = "appendfsync always on every node (docs/scale-out.md, Redis Cluster)"
             found.append(Finding("warn", what, said, fix))
         return found
-    except RedisError as e:
+    except (RedisError, RedisClusterException) as e:  # (the second: no node answers as a cluster)
         return [Finding("fail", what, f"cannot reach {redact_url(url)}: {e}")]
     finally:
         await client.aclose()

@@ -36,7 +36,7 @@ from typing import ParamSpec, TypeVar, cast
 
 import orjson
 from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import ClusterPipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
@@ -107,6 +107,11 @@ class RedisStorage:
         prefix = settings.get("prefix", "kibitz:")
         if not isinstance(prefix, str):
             raise ConfigError(f"{settings.source('prefix')}={prefix!r}: must be a string")
+        if self.cluster and ("{" in prefix or "}" in prefix):
+            raise ConfigError(
+                f"{settings.source('prefix')}={prefix!r}: braces are Redis Cluster hash tags, "
+                "which the keys of one conversation share: a prefix on a cluster may hold none"
+            )
         self.prefix = prefix
         self.keys = Keys(prefix)
         self.server: ChildProcess | None = None
@@ -163,9 +168,11 @@ class RedisStorage:
         renamed = 0
         async for key in self._client.scan_iter(match=f"{_glob_escape(self.prefix)}*", count=1000):
             name = key[len(self.prefix.encode()) :]
+            if (new := retagged(name)) == name:
+                continue
             if key.startswith(self.keys.claims):
                 pipe.delete(key)
-            elif (new := retagged(name)) != name:
+            else:
                 pipe.rename(key, self.prefix.encode() + new)
                 renamed += 1
             if len(pipe) == BACKUP_BATCH:
@@ -382,7 +389,15 @@ class RedisStorage:
         holding the position read before the scan: whatever is stored through it is in
         every key dumped later, whereas the position key itself may run ahead of them."""
         position = await self.position()
-        return await self._client.dbsize(), self._dump(position)
+        return await self._key_count(), self._dump(position)
+
+    async def _key_count(self) -> int:
+        """Keys in the database: of every primary, on a cluster."""
+        if isinstance(self._client, RedisCluster):
+            return sum(
+                [await self._client.dbsize(target_nodes=node) for node in self._client.get_primaries()]
+            )
+        return await self._client.dbsize()
 
     async def _dump(self, position: int) -> AsyncIterator[bytes]:
         yield orjson.dumps({"position": position})
@@ -407,7 +422,9 @@ class RedisStorage:
         replies = await pipe.execute()
         records = []
         for key, dumped, ttl in zip(keys, replies[::2], replies[1::2], strict=True):
-            if dumped is not None:  # else deleted since the scan saw it (an expired idempotency key)
+            if (
+                dumped is not None and ttl != -2
+            ):  # else gone since the scan saw it (an expired idempotency key)
                 name = key[len(self.prefix.encode()) :]  # restored under the restoring storage's prefix
                 records.append(struct.pack(">Hq", len(name), max(ttl, 0)) + name + dumped)
         return records
