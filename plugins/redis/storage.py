@@ -15,10 +15,10 @@ Settings (the ``[redis]`` table, or ``KIBITZ_REDIS_<KEY>``):
 On one Redis, one ``append`` is one script call, messages and position together, so the
 position never runs ahead of the history it covers; what the AOF may lose on power loss
 (up to a second) it loses together, and the core replays it from the transport log after
-``position()``. On a cluster, an append is one call per hash slot its keys are in, in
-parallel, and the position is raised once all have answered: each node's AOF may lose its
-last second alone on a power cut, which is why docs/scale-out.md asks for
-``appendfsync always`` on the nodes.
+``position()``. On a cluster, an append is three steps of one call per hash slot (in
+parallel): the histories, then the idempotency keys, then the position, once all have
+answered. Each node's AOF may lose its last second alone on a power cut, which is why
+docs/scale-out.md asks for ``appendfsync always`` on the nodes.
 Appending is idempotent (ZADD and SET NX of the same values change nothing), so a retry
 after a lost connection is safe. The client retries connection errors with backoff, which
 carries it across a Redis restart (the embedded one is restarted by its supervisor).
@@ -224,40 +224,39 @@ class RedisStorage:
     @_answers
     async def append(self, messages: Sequence[StoredMessage], through: int | None = None) -> None:
         """Store the messages (idempotent) and raise the position to ``through``: one script
-        call on one Redis; on a cluster one per hash slot, then the position's."""
+        call on one Redis. On a cluster, in three steps of one call per hash slot each: the
+        histories, then the idempotency keys (a resend finds its message in history), then
+        the position (it never runs ahead of what is stored)."""
         if not messages and through is None:
             return
         if through is not None and through < 0:
             raise ValueError(f"position {through} is negative")
-        calls = Calls(self._slot)
+        stored = Calls(self._slot)
+        recorded = Calls(self._slot) if self.cluster else stored
         for m in messages:
             if not 1 <= m.id <= MAX_ID:
                 raise ValueError(f"message id {m.id} is outside 1..2**53")
-            calls.store(
+            stored.store(
                 self.keys.history(m.conversation_id),
                 self.keys.by_sender(m.conversation_id, m.sender_id),
                 m.id,
                 m.json,
             )
-            calls.record(
+            recorded.record(
                 self.keys.client_msg(m.sender_id, m.client_msg_id),
                 self.keys.claim(m.sender_id, m.client_msg_id),
                 m.json,
             )
-        last = AppendCall() if self.cluster or not calls.appends else calls.appends[0]
+        last = AppendCall() if self.cluster else stored.appends.setdefault(0, AppendCall())
         if through is not None:
             last.position_key = self.keys.position
+        steps = [stored.appends.values(), recorded.appends.values(), [last]] if self.cluster else [[last]]
         assert self._append_script is not None, "redis storage is not started"
         script = self._append_script
-        await asyncio.gather(
-            *(
-                script(c.keys(), c.args(CLIENT_MSG_TTL, through))
-                for c in calls.appends.values()
-                if c is not last
+        for calls in steps:
+            await asyncio.gather(
+                *(script(c.keys(), c.args(CLIENT_MSG_TTL, through)) for c in calls if c.keys())
             )
-        )
-        if last.keys():
-            await script(last.keys(), last.args(CLIENT_MSG_TTL, through))
 
     @_answers
     async def position(self) -> int:
