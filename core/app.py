@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from sanic import DefaultSanic, Request, Sanic
+from sanic.http.http1 import Http
+from sanic.response import BaseHTTPResponse
 
 from . import admin_api, api, operations, push, web_client
 from .accounts import Accounts
@@ -301,6 +303,15 @@ def create_app(settings: Settings, plugins: Iterable[object] = ()) -> DefaultSan
     @sanic.before_server_stop
     async def _drain(sanic: DefaultSanic) -> None:
         await app.drain()
+
+    async def _close_when_stopping(request: Request, response: BaseHTTPResponse) -> None:
+        """While the server drains, each answer closes its connection: Sanic closes idle
+        connections once, so one busy then (a long poll's next poll) would stay open, idle,
+        and hold the stop up to its graceful timeout."""
+        if app.stopping.is_set() and isinstance(request.stream, Http):
+            request.stream.keep_alive = False
+
+    sanic.register_middleware(_close_when_stopping, "response")
 
     @sanic.after_server_stop
     async def _stop(sanic: DefaultSanic) -> None:

@@ -9,12 +9,16 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed
 
-from kibitz.testing import wait_until
+from kibitz.testing import running_server, wait_until
 
 from .kibitz_client import (
     Client,
@@ -556,3 +560,29 @@ async def test_logout_closes_that_devices_sockets_4401_only(client: Client) -> N
     message = await client.send(bob, cid, "still here?")
     assert await laptop_socket.messages(1) == [message]
     await laptop_socket.close()
+
+
+async def test_a_socket_opened_while_the_server_drains_is_sent_elsewhere_at_once(tmp_path: Path) -> None:
+    """A client reconnecting to an instance that has begun to drain gets 1001 before its
+    hello, instead of a socket that would be held until the server's own deadline."""
+    async with running_server(tmp_path) as server:
+        client = Client(server)
+        try:
+            alice = await client.user()
+            server.app.stopping.set()  # what SIGTERM does first
+            async with websockets.connect(server.ws_url) as ws:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.send(orjson.dumps({"type": "hello", "token": alice.token}).decode())
+                    await asyncio.wait_for(ws.recv(), 10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        finally:
+            await client.close()
+
+
+async def test_answers_given_while_the_server_drains_close_their_connection(tmp_path: Path) -> None:
+    """Sanic closes idle keep-alive connections once, when it stops listening: one busy at
+    that moment (a long poll answered at once, say) must not go back to waiting, idle."""
+    async with running_server(tmp_path) as server, httpx.AsyncClient() as http:
+        assert (await http.get(server.url + "/readyz")).headers["connection"] == "keep-alive"
+        server.app.stopping.set()  # what SIGTERM does first
+        assert (await http.get(server.url + "/readyz")).headers["connection"] == "close"

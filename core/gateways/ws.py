@@ -174,6 +174,9 @@ class Connection:
 async def websocket(request: Request, ws: WebsocketImplProtocol) -> None:
     app: Kibitz = request.app.ctx.app
     keepalive: Keepalive = request.app.ctx.keepalive
+    if app.stopping.is_set():  # a client reconnecting during the drain: elsewhere, please
+        await ws.close(CLOSE_GOING_AWAY, "server shutting down")
+        return
     hello = await _hello(ws, app)
     if hello is None:
         return
@@ -186,6 +189,10 @@ async def websocket(request: Request, ws: WebsocketImplProtocol) -> None:
     if app.hub.was_revoked(device.id):  # logged out between the token check and now
         app.hub.remove(connection)
         await ws.close(CLOSE_UNAUTHORIZED, "token revoked")
+        return
+    if app.stopping.is_set():  # the drain began during its hello: close_all has passed it by
+        app.hub.remove(connection)
+        await ws.close(CLOSE_GOING_AWAY, "server shutting down")
         return
     keepalive.add(ws)
     writer: asyncio.Task[None] | None = None
