@@ -7,7 +7,7 @@ other waits for that one's message to be stored and answers with it, or, if it i
 stored within ``WAIT`` seconds, answers 503 so that the client retries. Sends of one key
 on one instance share one task before they get here (``Messages.send``).
 
-A claim is released when its send ends before anything was written. After an append
+A claim is released when its send fails before anything was written. After an append
 whose outcome is unknown it is kept until it expires (``TTL``), and the next send of the
 key here first lets storage catch up with the log, so it finds the message if the log
 took it. A send that takes longer than ``TTL`` from its claim to storage could be
@@ -68,8 +68,11 @@ class SentKeys:
                 )
             await asyncio.sleep(POLL)  # the pause between two looks at the other instance's send
 
-    async def release(self, sender_id: int, client_msg_id: str) -> None:
-        """The send ended before anything was written: the key is free again."""
+    async def failed(self, sender_id: int, client_msg_id: str) -> None:
+        """The send failed: its key is free again, unless its append's outcome is unknown
+        (``uncertain``), when the claim is kept until it expires."""
+        if (sender_id, client_msg_id) in self._uncertain:
+            return
         try:
             await self.storage.release_sent([(sender_id, client_msg_id)], self.owner)
         except Exception as e:  # the claim expires instead

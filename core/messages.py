@@ -115,11 +115,14 @@ class Messages:
         existing = await self.keys.claim(sender.id, client_msg_id)
         if existing is not None:
             return Message.from_json(existing), existing, False
-        full = self.app.disk.problem()
-        if full is not None:  # refused before anything is written (kibitz.disk)
-            await self.keys.release(sender.id, client_msg_id)
-            raise Unavailable(full, retry_after=30)
-        message, data = await self._accept(sender, conversation, body, client_msg_id, turn)
+        try:
+            full = self.app.disk.problem()
+            if full is not None:  # refused before anything is written (kibitz.disk)
+                raise Unavailable(full, retry_after=30)
+            message, data = await self._accept(sender, conversation, body, client_msg_id, turn)
+        except Exception:
+            await self.keys.failed(sender.id, client_msg_id)
+            raise
         return message, data, True
 
     async def _store(self, messages: list[StoredMessage]) -> list[None]:
@@ -142,11 +145,7 @@ class Messages:
         try:
             await wrappers.before(draft=draft, sender=sender, conversation=conversation, app=self.app)
         except Rejected as e:
-            await self.keys.release(sender.id, client_msg_id)
             raise Forbidden(e.reason) from None
-        except Exception:
-            await self.keys.release(sender.id, client_msg_id)
-            raise
         try:
             body = self._checked_body(draft.body)
             if turn is not None:
@@ -160,9 +159,8 @@ class Messages:
                 client_msg_id=client_msg_id,
                 created_at=rfc3339(int(now * 1000)),
             )
-        except Exception:  # nothing was written: the key is free again
+        except Exception:
             await wrappers.abort()
-            await self.keys.release(sender.id, client_msg_id)
             raise
         data = message.to_json()
         # The append joins the commit queue when its task starts: tasks start in the order
