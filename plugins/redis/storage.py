@@ -323,7 +323,7 @@ class RedisStorage:
         """One script call per hash slot (one in all on one Redis): each key's message, or its claim."""
         assert self._claim_script is not None, "redis storage is not started"
         found: list[bytes | bool] = [False] * len(keys)
-        calls = self._keyed(keys, claim=False)
+        calls = self._keyed(keys, sent_too=True)
         replies = await asyncio.gather(*(self._claim_script(c.keys, [owner, int(ttl * 1000)]) for c in calls))
         for call, reply in zip(calls, replies, strict=True):
             for position, f in zip(call.positions, reply, strict=True):
@@ -334,16 +334,17 @@ class RedisStorage:
     async def release_sent(self, keys: Sequence[tuple[int, str]], owner: str) -> None:
         assert self._release_script is not None, "redis storage is not started"
         release = self._release_script
-        await asyncio.gather(*(release(c.keys, [owner]) for c in self._keyed(keys, claim=True)))
+        await asyncio.gather(*(release(c.keys, [owner]) for c in self._keyed(keys, sent_too=False)))
 
-    def _keyed(self, keys: Sequence[tuple[int, str]], claim: bool) -> list[KeyedCall]:
-        """The claim keys (``claim``) or the client_msg and claim keys of ``keys``, by hash slot."""
+    def _keyed(self, keys: Sequence[tuple[int, str]], sent_too: bool) -> list[KeyedCall]:
+        """The claim key of each of ``keys`` (after its client_msg key if ``sent_too``), by hash slot."""
         calls = Calls(self._slot)
         for position, (sender_id, client_msg_id) in enumerate(keys):
-            names = [self.keys.claim(sender_id, client_msg_id)]
-            if not claim:
-                names.insert(0, self.keys.client_msg(sender_id, client_msg_id))
-            calls.key(position, *names)
+            claim = self.keys.claim(sender_id, client_msg_id)
+            if sent_too:
+                calls.key(position, self.keys.client_msg(sender_id, client_msg_id), claim)
+            else:
+                calls.key(position, claim)
         return list(calls.keyed.values())
 
     def _slot(self, key: str) -> int:
